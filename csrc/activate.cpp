@@ -1,0 +1,28 @@
+#include "activate.h"
+
+#include "dispatch/registration.h"
+#include "runtime/allocator.h"
+#include "runtime/device.h"
+#include "runtime/guard.h"
+#include "runtime/hooks.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/util/Exception.h>
+
+namespace torchdevice {
+
+Activation activate(c10::DeviceType type, int count) {
+  TORCH_CHECK(is_emulated_type(type), "torchdevice can emulate cuda or mps, not ", type);
+  set_device_count(type, count);
+  register_guard(type);
+  // Highest priority: on a CUDA wheel this replaces the CUDA caching allocator.
+  c10::SetAllocator(type, &allocator_for(type), /*priority=*/UINT8_MAX);
+  Activation result;
+  result.overridden_composites = dispatch::register_dispatch(type);
+  if (type == c10::DeviceType::CUDA) {
+    result.hooks_route = install_cuda_hooks();
+  }
+  return result;
+}
+
+} // namespace torchdevice

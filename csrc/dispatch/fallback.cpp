@@ -1,0 +1,229 @@
+#include "dispatch/fallback.h"
+
+#include "dispatch/standin.h"
+#include "runtime/device.h"
+#include "runtime/generator.h"
+
+#include <ATen/core/ivalue.h>
+#include <c10/util/Exception.h>
+
+#include <string_view>
+
+namespace torchdevice::dispatch {
+namespace {
+
+// Ops that accept non-scalar CPU tensors next to device tensors on a real GPU: copies,
+// indexing with CPU indices, and storage swaps.
+bool accepts_cpu_tensors(const c10::OperatorHandle& op) {
+  const std::string_view name = op.operator_name().name;
+  for (std::string_view allowed : {"aten::copy_", "aten::_copy_from", "aten::_copy_from_and_resize",
+                                   "aten::index", "aten::index_put_", "aten::index_put",
+                                   "aten::_index_put_impl_", "aten::_unsafe_index", "aten::_unsafe_index_put",
+                                   "aten::set_", "aten::_to_copy", "aten::is_set_to", "aten::is_same_size"}) {
+    if (name == allowed) return true;
+  }
+  return false;
+}
+
+[[noreturn]] void throw_device_mismatch(c10::Device a, c10::Device b) {
+  // TensorIterator's wording, which is what most CUDA ops raise for mixed devices.
+  TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two devices, ", a,
+              " and ", b, "!");
+}
+
+bool is_optional_generator(const c10::Argument& arg) {
+  const auto& type = arg.type();
+  return type->kind() == c10::TypeKind::OptionalType &&
+         type->castRaw<c10::OptionalType>()->getElementType()->kind() == c10::TypeKind::GeneratorType;
+}
+
+// Everything the fallback learns about one call's arguments.
+template <c10::DeviceType kType>
+class CallState {
+ public:
+  explicit CallState(const c10::OperatorHandle& op) : op_(op) {}
+
+  // Replaces emulated tensors (also inside lists) and devices in `v` by their CPU stand-ins.
+  void lower(c10::IValue& v) {
+    if (v.isTensor()) {
+      const at::Tensor& t = v.toTensor();
+      if (t.defined()) v = lower_tensor(t);
+    } else if (v.isTensorList()) {
+      auto list = v.toTensorList();
+      bool any = false;
+      for (const at::Tensor& t : list) any |= t.defined() && t.device().type() == kType;
+      if (!any) {
+        for (const at::Tensor& t : list) note_cpu(t);
+      } else {
+        c10::List<at::Tensor> lowered;
+        lowered.reserve(list.size());
+        for (const at::Tensor& t : list) lowered.push_back(t.defined() ? lower_tensor(t) : t);
+        v = std::move(lowered);
+      }
+    } else if (v.isOptionalTensorList()) {
+      auto list = v.toOptionalTensorList();
+      c10::List<std::optional<at::Tensor>> lowered;
+      lowered.reserve(list.size());
+      for (std::optional<at::Tensor> t : list) {
+        lowered.push_back(t.has_value() && t->defined() ? std::optional<at::Tensor>(lower_tensor(*t)) : t);
+      }
+      v = std::move(lowered);
+    } else if (v.isDevice()) {
+      const c10::Device d = v.toDevice();
+      if (d.type() == kType) {
+        explicit_device_ = resolve_device(d);
+        v = c10::Device(c10::DeviceType::CPU);
+      } else {
+        explicit_non_emulated_device_ = true;
+      }
+    }
+  }
+
+  // The device of the op: that of its emulated tensors, else its device argument, else current.
+  c10::Device device() const {
+    if (tensor_device_) return *tensor_device_;
+    if (explicit_device_) return *explicit_device_;
+    return c10::Device(kType, current_device(kType));
+  }
+  bool has_emulated_input() const { return tensor_device_.has_value() || explicit_device_.has_value(); }
+  bool outputs_stay_on_host() const { return explicit_non_emulated_device_ && !explicit_device_; }
+
+  // A CPU tensor argument: its outputs are never relabelled (they are the caller's CPU tensors).
+  bool is_host_input(const at::Tensor& t) const {
+    const auto* storage = t.unsafeGetTensorImpl()->has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr;
+    for (const auto* impl : host_inputs_) {
+      if (impl == t.unsafeGetTensorImpl() || (storage && impl->has_storage() &&
+                                              impl->storage().unsafeGetStorageImpl() == storage)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  StandIns standins;
+
+ private:
+  at::Tensor lower_tensor(const at::Tensor& t) {
+    const c10::Device d = t.device();
+    if (d.type() == kType) {
+      if (!tensor_device_) {
+        if (first_device_ && *first_device_ != d) throw_device_mismatch(*first_device_, d);
+        tensor_device_ = d;
+        first_device_ = d;
+      } else if (*tensor_device_ != d) {
+        throw_device_mismatch(*tensor_device_, d);
+      }
+      return standins.make(t);
+    }
+    note_cpu(t);
+    return t;
+  }
+
+  void note_cpu(const at::Tensor& t) {
+    if (!t.defined() || t.device().type() != c10::DeviceType::CPU) return;
+    host_inputs_.push_back(t.unsafeGetTensorImpl());
+    // CPU scalars (0-dim) mix with device tensors everywhere, as TensorIterator allows.
+    if (t.dim() == 0 || accepts_cpu_tensors(op_)) return;
+    if (tensor_device_) throw_device_mismatch(*tensor_device_, t.device());
+    if (!first_device_) first_device_ = t.device();
+  }
+
+  const c10::OperatorHandle& op_;
+  std::optional<c10::Device> tensor_device_;
+  std::optional<c10::Device> explicit_device_;
+  std::optional<c10::Device> first_device_;
+  bool explicit_non_emulated_device_ = false;
+  c10::SmallVector<const c10::TensorImpl*, 4> host_inputs_;
+};
+
+} // namespace
+
+template <c10::DeviceType kType>
+void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const auto& args = schema.arguments();
+  const size_t num_args = args.size();
+  const size_t first_arg = stack->size() - num_args;
+
+  CallState<kType> call(op);
+  // Mutable arguments (in-place self, out=) whose stand-ins must be synced back afterwards.
+  c10::SmallVector<std::pair<at::Tensor, at::Tensor>, 4> mutated;  // (stand-in, original)
+
+  for (size_t i = 0; i < num_args; ++i) {
+    c10::IValue& v = (*stack)[first_arg + i];
+    const bool writes = args[i].alias_info() && args[i].alias_info()->isWrite();
+    if (writes && v.isTensor() && v.toTensor().defined() && v.toTensor().device().type() == kType) {
+      at::Tensor original = v.toTensor();
+      call.lower(v);
+      mutated.emplace_back(v.toTensor(), std::move(original));
+    } else if (writes && v.isTensorList()) {
+      auto originals = v.toTensorList().vec();
+      call.lower(v);
+      auto lowered = v.toTensorList();
+      for (size_t j = 0; j < originals.size(); ++j) {
+        if (originals[j].defined() && originals[j].device().type() == kType) {
+          mutated.emplace_back(lowered.get(j), originals[j]);
+        }
+      }
+    } else {
+      call.lower(v);
+    }
+  }
+
+  if (call.has_emulated_input()) {
+    // Random ops draw from the emulated device's generator, never from the CPU's.
+    for (size_t i = 0; i < num_args; ++i) {
+      c10::IValue& v = (*stack)[first_arg + i];
+      if (v.isGenerator()) {
+        const auto& gen = v.toGenerator();
+        if (gen.device().type() == kType) v = host_generator_of(gen);
+      } else if (v.isNone() && is_optional_generator(args[i])) {
+        v = host_generator_of(default_generator(kType, call.device().index()));
+      }
+    }
+  }
+
+  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+
+  for (const auto& [standin, original] : mutated) {
+    call.standins.sync_back(standin, original);
+  }
+
+  const c10::Device device = call.device();
+  auto map_output = [&](const at::Tensor& out) -> std::optional<at::Tensor> {
+    if (!out.defined() || out.device().type() != c10::DeviceType::CPU) return std::nullopt;
+    if (const at::Tensor* original = call.standins.original_of(out.unsafeGetTensorImpl())) {
+      return *original;  // in-place / out= return the caller's own tensor
+    }
+    if (call.is_host_input(out) || call.outputs_stay_on_host() || out.layout() != c10::kStrided) {
+      return std::nullopt;
+    }
+    c10::StorageImpl* storage = out.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
+    if (c10::StorageImpl* original_storage = call.standins.original_storage_of(storage)) {
+      rebase_view(out, original_storage);
+    } else {
+      adopt_output(out, device);
+    }
+    return std::nullopt;
+  };
+
+  const size_t num_returns = schema.returns().size();
+  for (size_t i = stack->size() - num_returns; i < stack->size(); ++i) {
+    c10::IValue& r = (*stack)[i];
+    if (r.isTensor()) {
+      if (auto replacement = map_output(r.toTensor())) r = std::move(*replacement);
+    } else if (r.isTensorList()) {
+      auto list = r.toTensorList();
+      for (size_t j = 0; j < list.size(); ++j) {
+        if (auto replacement = map_output(list.get(j))) list.set(j, std::move(*replacement));
+      }
+    }
+  }
+}
+
+template void emulated_fallback<c10::DeviceType::CUDA>(const c10::OperatorHandle&, c10::DispatchKeySet,
+                                                       torch::jit::Stack*);
+template void emulated_fallback<c10::DeviceType::MPS>(const c10::OperatorHandle&, c10::DispatchKeySet,
+                                                      torch::jit::Stack*);
+
+} // namespace torchdevice::dispatch

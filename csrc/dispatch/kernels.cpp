@@ -1,0 +1,114 @@
+#include "dispatch/kernels.h"
+
+#include "dispatch/standin.h"
+#include "runtime/allocator.h"
+#include "runtime/device.h"
+
+#include <ATen/EmptyTensor.h>
+#include <ATen/ops/copy_ops.h>
+#include <ATen/ops/resize_native.h>
+#include <ATen/ops/set_native.h>
+#include <c10/core/DeviceGuard.h>
+
+namespace torchdevice::dispatch {
+namespace {
+
+template <c10::DeviceType kType>
+constexpr c10::DispatchKey dispatch_key() {
+  return kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
+}
+
+template <c10::DeviceType kType>
+at::Tensor empty_memory_format(c10::SymIntArrayRef size, std::optional<at::ScalarType> dtype,
+                               std::optional<at::Layout> layout, std::optional<at::Device> device,
+                               std::optional<bool> pin_memory, std::optional<at::MemoryFormat> memory_format) {
+  TORCH_CHECK(!pin_memory.value_or(false), "Only dense CPU tensors can be pinned");
+  TORCH_CHECK(layout.value_or(at::kStrided) == at::kStrided, "torchdevice: only strided tensors are supported on ",
+              c10::DeviceTypeName(kType, true), ", got layout ", *layout);
+  const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
+  c10::DeviceGuard guard(dev);  // the allocator serves the current device, as CUDA's does
+  return at::detail::empty_generic(C10_AS_INTARRAYREF_SLOW(size), &allocator_for(kType),
+                                   c10::DispatchKeySet(dispatch_key<kType>()),
+                                   c10::dtype_or_default(dtype), memory_format);
+}
+
+template <c10::DeviceType kType>
+at::Tensor empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, std::optional<at::ScalarType> dtype,
+                         std::optional<at::Layout> layout, std::optional<at::Device> device,
+                         std::optional<bool> pin_memory) {
+  TORCH_CHECK(!pin_memory.value_or(false), "Only dense CPU tensors can be pinned");
+  TORCH_CHECK(layout.value_or(at::kStrided) == at::kStrided, "torchdevice: only strided tensors are supported on ",
+              c10::DeviceTypeName(kType, true), ", got layout ", *layout);
+  const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
+  c10::DeviceGuard guard(dev);
+  return at::detail::empty_strided_generic(C10_AS_INTARRAYREF_SLOW(size), C10_AS_INTARRAYREF_SLOW(stride),
+                                           &allocator_for(kType), c10::DispatchKeySet(dispatch_key<kType>()),
+                                           c10::dtype_or_default(dtype));
+}
+
+// Host memory on both sides: every direction (cpu<->device, device<->device on any ordinals)
+// is the CPU copy kernel on stand-ins, with its dtype conversion, conj/neg and broadcasting.
+template <c10::DeviceType kType>
+at::Tensor& copy_(at::Tensor& self, const at::Tensor& src, bool non_blocking) {
+  StandIns standins;
+  at::Tensor self_host = self.device().type() == kType ? standins.make(self) : self;
+  const at::Tensor src_host = src.device().type() == kType ? standins.make(src) : src;
+  at::_ops::copy_::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), self_host, src_host, non_blocking);
+  return self;
+}
+
+// The CPU implementations of resize/set_ are device-neutral once the storage's allocator is
+// ours; the guard makes that allocator serve the tensor's own device.
+const at::Tensor& resize_(const at::Tensor& self, c10::SymIntArrayRef size,
+                          std::optional<at::MemoryFormat> memory_format) {
+  c10::DeviceGuard guard(self.device());
+  return at::native::resize_(self, C10_AS_INTARRAYREF_SLOW(size), memory_format);
+}
+
+at::Tensor& set_storage(at::Tensor& self, at::Storage source, c10::SymInt offset, c10::SymIntArrayRef size,
+                        c10::SymIntArrayRef stride) {
+  c10::DeviceGuard guard(self.device());
+  return at::native::set_storage_cpu_(self, std::move(source), offset.expect_int(), C10_AS_INTARRAYREF_SLOW(size),
+                                      C10_AS_INTARRAYREF_SLOW(stride));
+}
+
+template <c10::DeviceType kType>
+at::Tensor& set_empty(at::Tensor& self) {
+  c10::DeviceGuard guard(self.device());
+  at::Storage storage(at::Storage::use_byte_size_t(), 0, &allocator_for(kType), /*resizable=*/true);
+  return at::native::set_storage_cpu_(self, std::move(storage), 0, {0}, {});
+}
+
+void record_stream(at::Tensor& self, c10::Stream stream) {
+  // Execution is synchronous: no block can be reused while a stream still reads it.
+  TORCH_CHECK(stream.device_type() == self.device().type(), "Expected a ", self.device().type(),
+              " stream, got a ", stream.device_type(), " stream");
+}
+
+} // namespace
+
+const std::vector<std::string>& explicit_kernel_names() {
+  static const std::vector<std::string> names = {
+      "empty.memory_format", "empty_strided", "copy_", "resize_",
+      "set_.source_Storage", "set_.source_Storage_storage_offset", "set_.source_Tensor", "set_",
+      "record_stream"};
+  return names;
+}
+
+template <c10::DeviceType kType>
+void register_kernels(torch::Library& lib) {
+  lib.impl("empty.memory_format", TORCH_FN(empty_memory_format<kType>));
+  lib.impl("empty_strided", TORCH_FN(empty_strided<kType>));
+  lib.impl("copy_", TORCH_FN(copy_<kType>));
+  lib.impl("resize_", TORCH_FN(resize_));
+  lib.impl("set_.source_Storage", TORCH_FN(at::native::set_));
+  lib.impl("set_.source_Storage_storage_offset", TORCH_FN(set_storage));
+  lib.impl("set_.source_Tensor", TORCH_FN(at::native::set_tensor_));
+  lib.impl("set_", TORCH_FN(set_empty<kType>));
+  lib.impl("record_stream", TORCH_FN(record_stream));
+}
+
+template void register_kernels<c10::DeviceType::CUDA>(torch::Library&);
+template void register_kernels<c10::DeviceType::MPS>(torch::Library&);
+
+} // namespace torchdevice::dispatch

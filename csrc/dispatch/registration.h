@@ -1,0 +1,11 @@
+// Puts the fallback and the explicit kernels into the dispatcher for an emulated device type.
+#pragma once
+
+#include <c10/core/DeviceType.h>
+
+namespace torchdevice::dispatch {
+
+// Idempotent. Returns how many composite kernels were overridden with the fallback.
+int register_dispatch(c10::DeviceType type);
+
+} // namespace torchdevice::dispatch

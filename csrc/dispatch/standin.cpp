@@ -1,0 +1,113 @@
+#include "dispatch/standin.h"
+
+#include "runtime/allocator.h"
+#include "runtime/internals.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/StorageImpl.h>
+#include <c10/core/TensorImpl.h>
+
+namespace torchdevice::dispatch {
+
+at::Tensor StandIns::make(const at::Tensor& t) {
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
+
+  c10::Storage storage;
+  for (const auto& e : storages_) {
+    if (e.original == original) {
+      storage = e.standin;
+      break;
+    }
+  }
+  if (!storage) {
+    // Non-owning view of the original bytes. The CPU allocator is what a CPU kernel's resize
+    // uses to grow it; sync_back() then moves the new buffer into the original storage.
+    storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
+        c10::StorageImpl::use_byte_size_t(), original->nbytes(),
+        c10::DataPtr(const_cast<void*>(original->data_ptr().get()), c10::Device(c10::DeviceType::CPU)),
+        c10::GetCPUAllocator(), original->resizable()));
+    storages_.push_back({original, storage});
+  }
+
+  auto standin = c10::make_intrusive<c10::TensorImpl>(
+      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), t.dtype());
+  standin->set_sizes_and_strides(impl->sizes(), impl->strides(), impl->storage_offset());
+  if (t.is_conj()) standin->_set_conj(true);
+  if (t.is_neg()) standin->_set_neg(true);
+  tensors_.push_back({standin.get(), t});
+  return at::Tensor(std::move(standin));
+}
+
+const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
+  for (const auto& e : tensors_) {
+    if (e.standin == impl) return &e.original;
+  }
+  return nullptr;
+}
+
+c10::StorageImpl* StandIns::original_storage_of(const c10::StorageImpl* s) const {
+  for (const auto& e : storages_) {
+    if (e.standin.unsafeGetStorageImpl() == s) return e.original;
+  }
+  return nullptr;
+}
+
+void StandIns::sync_back(const at::Tensor& standin, const at::Tensor& original) const {
+  c10::TensorImpl* src = standin.unsafeGetTensorImpl();
+  c10::TensorImpl* dst = original.unsafeGetTensorImpl();
+  c10::StorageImpl* src_storage = src->storage().unsafeGetStorageImpl();
+  c10::StorageImpl* dst_storage = dst->storage().unsafeGetStorageImpl();
+
+  if (original_storage_of(src_storage) != dst_storage) {
+    // The kernel pointed the stand-in at another storage (set_): a stand-in storage maps
+    // back to its original; a new CPU storage is adopted by the device.
+    if (auto* mapped = original_storage_of(src_storage)) {
+      dst->set_storage_keep_dtype(c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(mapped)));
+    } else {
+      adopt_output(standin, original.device());
+      dst->set_storage_keep_dtype(src->storage());
+    }
+  } else if (src_storage->data_ptr().get() != dst_storage->data_ptr().get() ||
+             src_storage->nbytes() != dst_storage->nbytes()) {
+    // resize_ grew the buffer: the new bytes came from the CPU allocator.
+    auto& alloc = allocator_for(original.device().type());
+    const auto nbytes = src_storage->nbytes();
+    if (src_storage->data_ptr().get() != dst_storage->data_ptr().get()) {
+      dst_storage->set_data_ptr_noswap(
+          alloc.adopt(std::move(src_storage->_mutable_data_ptr_no_checks()), nbytes, original.device().index()));
+      // The stand-in storage must not free what the original now owns.
+      src_storage->set_data_ptr_noswap(c10::DataPtr(dst_storage->data_ptr().get(), c10::Device(c10::DeviceType::CPU)));
+    }
+    dst_storage->set_nbytes(nbytes);
+  }
+
+  if (src->sizes() != dst->sizes() || src->strides() != dst->strides() ||
+      src->storage_offset() != dst->storage_offset()) {
+    dst->set_sizes_and_strides(src->sizes(), src->strides(), src->storage_offset());
+  }
+}
+
+void adopt_output(const at::Tensor& out, c10::Device device) {
+  c10::TensorImpl* impl = out.unsafeGetTensorImpl();
+  if (impl->has_storage()) {
+    c10::StorageImpl* storage = impl->storage().unsafeGetStorageImpl();
+    c10::DataPtr& data = storage->_mutable_data_ptr_no_checks();
+    // Outputs can share one fresh storage (a tensor and a view of it): adopt it once.
+    if (data.device().type() == c10::DeviceType::CPU) {
+      auto& alloc = allocator_for(device.type());
+      storage->set_data_ptr_noswap(alloc.adopt(std::move(data), storage->nbytes(), device.index()));
+      storage->set_allocator(&alloc);
+    }
+  }
+  internals::relabel_tensor(impl, device);
+}
+
+void rebase_view(const at::Tensor& out, c10::StorageImpl* original_storage) {
+  c10::TensorImpl* impl = out.unsafeGetTensorImpl();
+  const c10::Device device = original_storage->device();
+  impl->set_storage_keep_dtype(c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(original_storage)));
+  internals::relabel_tensor(impl, device);
+}
+
+} // namespace torchdevice::dispatch

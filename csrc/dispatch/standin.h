@@ -1,0 +1,49 @@
+// CPU stand-ins: CPU tensors over the same memory as emulated-device tensors.
+//
+// An emulated op runs the CPU kernel on stand-ins. Views, in-place and out= work because the
+// stand-in shares the original's memory; afterwards results are mapped back (view of an
+// input -> view of the original storage; fresh output -> relabelled to the emulated device).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/SmallVector.h>
+
+namespace torchdevice::dispatch {
+
+class StandIns {
+ public:
+  // A CPU tensor sharing `t`'s memory. Tensors that share a storage get stand-ins that share
+  // one CPU storage, so the CPU kernel's overlap and aliasing checks see what CUDA would.
+  at::Tensor make(const at::Tensor& t);
+
+  // The original tensor whose stand-in is `impl`, or nullptr.
+  const at::Tensor* original_of(const c10::TensorImpl* impl) const;
+
+  // The original storage behind a stand-in storage, or nullptr when `s` is not a stand-in's.
+  c10::StorageImpl* original_storage_of(const c10::StorageImpl* s) const;
+
+  // After the CPU kernel mutated stand-in `standin` of `original` (resize_, out= resize,
+  // set_): give the original the same shape and, if the buffer was reallocated, the buffer.
+  void sync_back(const at::Tensor& standin, const at::Tensor& original) const;
+
+ private:
+  struct StorageEntry {
+    c10::StorageImpl* original;
+    c10::Storage standin;
+  };
+  struct TensorEntry {
+    c10::TensorImpl* standin;
+    at::Tensor original;
+  };
+  c10::SmallVector<StorageEntry, 4> storages_;
+  c10::SmallVector<TensorEntry, 4> tensors_;
+};
+
+// Gives a tensor a CPU kernel produced to an emulated device: the TensorImpl is relabelled in
+// place and its memory is counted by the device's allocator.
+void adopt_output(const at::Tensor& out, c10::Device device);
+
+// Points `out` (a CPU view a kernel made of a stand-in) at the original storage and device.
+void rebase_view(const at::Tensor& out, c10::StorageImpl* original_storage);
+
+} // namespace torchdevice::dispatch

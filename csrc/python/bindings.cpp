@@ -1,0 +1,111 @@
+// Python bindings of torchdevice's native core (torchdevice._C).
+#include "activate.h"
+#include "runtime/allocator.h"
+#include "runtime/device.h"
+#include "runtime/generator.h"
+
+#include <torch/csrc/Generator.h>
+#include <torch/csrc/utils/pybind.h>
+
+namespace py = pybind11;
+
+namespace {
+
+c10::DeviceType parse_type(const std::string& name) {
+  if (name == "cuda") return c10::DeviceType::CUDA;
+  if (name == "mps") return c10::DeviceType::MPS;
+  throw py::value_error("torchdevice: emulated device type must be 'cuda' or 'mps', got '" + name + "'");
+}
+
+// torch.cuda.memory_stats() keys: "<stat>.<pool>.<metric>" plus plain counters.
+py::dict memory_stats(const std::string& type, c10::DeviceIndex device) {
+  const auto s = torchdevice::allocator_for(parse_type(type)).getDeviceStats(device);
+  py::dict out;
+  const char* pools[] = {"all", "small_pool", "large_pool"};
+  auto add_array = [&](const char* name, const c10::CachingAllocator::StatArray& arr) {
+    for (size_t i = 0; i < arr.size(); ++i) {
+      const std::string prefix = std::string(name) + "." + pools[i] + ".";
+      out[py::str(prefix + "current")] = arr[i].current;
+      out[py::str(prefix + "peak")] = arr[i].peak;
+      out[py::str(prefix + "allocated")] = arr[i].allocated;
+      out[py::str(prefix + "freed")] = arr[i].freed;
+    }
+  };
+  add_array("allocation", s.allocation);
+  add_array("segment", s.segment);
+  add_array("active", s.active);
+  add_array("inactive_split", s.inactive_split);
+  add_array("allocated_bytes", s.allocated_bytes);
+  add_array("reserved_bytes", s.reserved_bytes);
+  add_array("active_bytes", s.active_bytes);
+  add_array("inactive_split_bytes", s.inactive_split_bytes);
+  add_array("requested_bytes", s.requested_bytes);
+  out["num_alloc_retries"] = s.num_alloc_retries;
+  out["num_ooms"] = s.num_ooms;
+  out["num_sync_all_streams"] = s.num_sync_all_streams;
+  out["num_device_alloc"] = s.num_device_alloc;
+  out["num_device_free"] = s.num_device_free;
+  out["max_split_size"] = -1;
+  out["oversize_allocations.current"] = 0;
+  out["oversize_allocations.peak"] = 0;
+  out["oversize_allocations.allocated"] = 0;
+  out["oversize_allocations.freed"] = 0;
+  out["oversize_segments.current"] = 0;
+  out["oversize_segments.peak"] = 0;
+  out["oversize_segments.allocated"] = 0;
+  out["oversize_segments.freed"] = 0;
+  return out;
+}
+
+} // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "torchdevice native core: emulated cuda/mps devices over host memory";
+
+  m.def("activate", [](const std::string& type, int count) {
+    auto result = torchdevice::activate(parse_type(type), count);
+    py::dict info;
+    info["hooks_route"] = result.hooks_route;
+    info["overridden_composites"] = result.overridden_composites;
+    return info;
+  }, py::arg("device_type"), py::arg("device_count"));
+
+  m.def("device_count", [](const std::string& type) { return torchdevice::device_count(parse_type(type)); });
+  m.def("set_device_count", [](const std::string& type, int n) { torchdevice::set_device_count(parse_type(type), n); });
+  m.def("current_device", [](const std::string& type) { return int(torchdevice::current_device(parse_type(type))); });
+  m.def("set_device", [](const std::string& type, int index) {
+    torchdevice::set_current_device(parse_type(type), static_cast<c10::DeviceIndex>(index));
+  });
+  m.def("check_device", [](const std::string& type, int index) {
+    torchdevice::check_device_index(parse_type(type), static_cast<c10::DeviceIndex>(index));
+  });
+
+  m.def("memory_stats", &memory_stats, py::arg("device_type"), py::arg("device"));
+  m.def("memory_allocated", [](const std::string& type, c10::DeviceIndex device) {
+    return torchdevice::allocator_for(parse_type(type)).getDeviceStats(device).allocated_bytes[0].current;
+  });
+  m.def("reset_peak_memory_stats", [](const std::string& type, c10::DeviceIndex device) {
+    torchdevice::allocator_for(parse_type(type)).resetPeakStats(device);
+  });
+  m.def("reset_accumulated_memory_stats", [](const std::string& type, c10::DeviceIndex device) {
+    torchdevice::allocator_for(parse_type(type)).resetAccumulatedStats(device);
+  });
+  m.def("mem_get_info", [](const std::string& type, c10::DeviceIndex device) {
+    return torchdevice::allocator_for(parse_type(type)).getMemoryInfo(device);
+  });
+  m.def("set_memory_fraction", [](const std::string& type, double fraction, c10::DeviceIndex device) {
+    torchdevice::allocator_for(parse_type(type)).set_memory_fraction(fraction, device);
+  });
+  m.def("memory_fraction", [](const std::string& type, c10::DeviceIndex device) {
+    return torchdevice::allocator_for(parse_type(type)).memory_fraction(device);
+  });
+  m.def("total_memory", [](const std::string& type) { return torchdevice::allocator_for(parse_type(type)).total_memory(); });
+  m.def("set_total_memory", [](const std::string& type, size_t bytes) {
+    torchdevice::allocator_for(parse_type(type)).set_total_memory(bytes);
+  });
+
+  m.def("default_generator", [](const std::string& type, int index) {
+    const auto& gen = torchdevice::default_generator(parse_type(type), static_cast<c10::DeviceIndex>(index));
+    return py::reinterpret_steal<py::object>(THPGenerator_initDefaultGenerator(gen));
+  });
+}

@@ -1,0 +1,262 @@
+#include "runtime/allocator.h"
+
+#include "runtime/device.h"
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <unistd.h>
+#include <unordered_set>
+
+namespace torchdevice {
+namespace {
+
+using c10::CachingAllocator::StatType;
+
+// Every block starts with a header so the raw deleter (which only gets the data pointer)
+// knows what to uncount. 64 bytes keeps the data 64-byte aligned like c10's CPU allocator.
+struct alignas(64) BlockHeader {
+  uint64_t nbytes;
+  c10::DeviceIndex device;
+  c10::DeviceType type;
+};
+static_assert(sizeof(BlockHeader) == 64);
+
+// CUDA's caching allocator puts blocks up to 1 MiB in its small pool.
+constexpr size_t kSmallSize = 1 << 20;
+
+void free_block(void* data) {
+  auto* header = static_cast<BlockHeader*>(data) - 1;
+  allocator_for(header->type).record_free(header->device, header->nbytes);
+  c10::free_cpu(header);
+}
+
+// Memory first allocated by a CPU kernel, now owned by an emulated device.
+struct AdoptedBlock {
+  c10::DataPtr host;
+  uint64_t nbytes;
+  c10::DeviceIndex device;
+  c10::DeviceType type;
+};
+
+void free_adopted(void* ctx) {
+  auto* block = static_cast<AdoptedBlock*>(ctx);
+  allocator_for(block->type).record_free(block->device, block->nbytes);
+  delete block;
+}
+
+size_t default_total_memory() {
+  // Report what the host really has: a limit the emulated device cannot honour would lie.
+  if (const char* env = std::getenv("TORCHDEVICE_TOTAL_MEMORY")) {
+    return static_cast<size_t>(std::strtoull(env, nullptr, 10));
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * page_size : size_t(16) << 30;
+}
+
+void update_stats(c10::CachingDeviceAllocator::DeviceStats& s, size_t nbytes, bool alloc) {
+  const auto pool = nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL;
+  for (auto type : {StatType::AGGREGATE, pool}) {
+    const auto i = static_cast<size_t>(type);
+    for (auto* stat : {&s.allocation[i], &s.segment[i], &s.active[i]}) {
+      alloc ? stat->increase(1) : stat->decrease(1);
+    }
+    for (auto* stat : {&s.allocated_bytes[i], &s.reserved_bytes[i], &s.active_bytes[i], &s.requested_bytes[i]}) {
+      alloc ? stat->increase(nbytes) : stat->decrease(nbytes);
+    }
+  }
+  alloc ? ++s.num_device_alloc : ++s.num_device_free;
+}
+
+} // namespace
+
+EmulatedAllocator::EmulatedAllocator(c10::DeviceType type)
+    : type_(type), total_memory_(default_total_memory()) {}
+
+EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex device) {
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "torchdevice: device index out of range: ", int(device));
+  return devices_[device];
+}
+
+void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  const auto limit = static_cast<int64_t>(d.fraction * static_cast<double>(total_memory_));
+  const auto in_use = d.stats.allocated_bytes[0].current;
+  if (C10_UNLIKELY(in_use + static_cast<int64_t>(nbytes) > limit)) {
+    ++d.stats.num_ooms;
+    const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
+    // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
+    TORCH_CHECK_WITH(OutOfMemoryError, false,
+        name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(nbytes),
+        ". GPU ", int(device), " has a total capacity of ", c10::CachingAllocator::format_size(total_memory_),
+        " of which ", c10::CachingAllocator::format_size(total_memory_ - std::min<size_t>(total_memory_, in_use)),
+        " is free. Of the allocated memory ", c10::CachingAllocator::format_size(in_use),
+        " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
+        " (torchdevice: the per-process memory fraction is ", d.fraction, ")");
+  }
+  update_stats(d.stats, nbytes, /*alloc=*/true);
+}
+
+void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  update_stats(d.stats, nbytes, /*alloc=*/false);
+}
+
+c10::DataPtr EmulatedAllocator::allocate(size_t nbytes) {
+  return allocate_on(nbytes, current_device(type_));
+}
+
+c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex device) {
+  const c10::Device dev(type_, device);
+  if (nbytes == 0) {
+    return c10::DataPtr(nullptr, dev);  // like cudaMalloc-backed allocators: no block for 0 bytes
+  }
+  record_alloc(device, nbytes);
+  auto* header = static_cast<BlockHeader*>(c10::alloc_cpu(nbytes + sizeof(BlockHeader)));
+  header->nbytes = nbytes;
+  header->device = device;
+  header->type = type_;
+  void* data = header + 1;
+  return c10::DataPtr(data, data, &free_block, dev);
+}
+
+c10::DeleterFnPtr EmulatedAllocator::raw_deleter() const {
+  return &free_block;
+}
+
+void EmulatedAllocator::copy_data(void* dest, const void* src, std::size_t count) const {
+  std::memcpy(dest, src, count);
+}
+
+c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device) {
+  const c10::Device dev(type_, device);
+  void* data = host_data.get();
+  if (data == nullptr) {
+    return c10::DataPtr(nullptr, dev);
+  }
+  // Counting can fail (memory fraction); the host memory is then freed with host_data.
+  record_alloc(device, nbytes);
+  auto* block = new AdoptedBlock{std::move(host_data), nbytes, device, type_};
+  return c10::DataPtr(data, block, &free_adopted, dev);
+}
+
+c10::CachingDeviceAllocator::DeviceStats EmulatedAllocator::getDeviceStats(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  return d.stats;
+}
+
+void EmulatedAllocator::resetAccumulatedStats(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  auto& s = d.stats;
+  for (auto* arr : {&s.allocation, &s.segment, &s.active, &s.inactive_split, &s.allocated_bytes,
+                    &s.reserved_bytes, &s.active_bytes, &s.inactive_split_bytes, &s.requested_bytes}) {
+    for (auto& stat : *arr) stat.reset_accumulated();
+  }
+  s.num_alloc_retries = 0;
+  s.num_ooms = 0;
+  s.num_device_alloc = 0;
+  s.num_device_free = 0;
+}
+
+void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  auto& s = d.stats;
+  for (auto* arr : {&s.allocation, &s.segment, &s.active, &s.inactive_split, &s.allocated_bytes,
+                    &s.reserved_bytes, &s.active_bytes, &s.inactive_split_bytes, &s.requested_bytes}) {
+    for (auto& stat : *arr) stat.reset_peak();
+  }
+}
+
+std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  const auto used = static_cast<size_t>(d.stats.reserved_bytes[0].current);
+  return {total_memory_ - std::min(total_memory_, used), total_memory_};
+}
+
+void EmulatedAllocator::set_total_memory(size_t bytes) {
+  total_memory_ = bytes;
+}
+
+void EmulatedAllocator::set_memory_fraction(double fraction, c10::DeviceIndex device) {
+  // Same checks and wording as torch.cuda.set_per_process_memory_fraction.
+  TORCH_CHECK(0 <= fraction && fraction <= 1, "invalid fraction:", fraction, ". Please set within [0, 1].");
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.fraction = fraction;
+}
+
+double EmulatedAllocator::memory_fraction(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  return d.fraction;
+}
+
+EmulatedAllocator& allocator_for(c10::DeviceType type) {
+  // Leaked on purpose: tensors freed during interpreter shutdown still call back into it.
+  static auto* cuda = new EmulatedAllocator(c10::DeviceType::CUDA);
+  static auto* mps = new EmulatedAllocator(c10::DeviceType::MPS);
+  return type == c10::DeviceType::MPS ? *mps : *cuda;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinned host memory.
+namespace {
+
+std::mutex g_pinned_mutex;
+std::unordered_set<const void*>& pinned_set() {
+  static auto* set = new std::unordered_set<const void*>();
+  return *set;
+}
+
+void free_pinned(void* data) {
+  {
+    std::lock_guard<std::mutex> lock(g_pinned_mutex);
+    pinned_set().erase(data);
+  }
+  c10::free_cpu(data);
+}
+
+class PinnedAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t nbytes) override {
+    if (nbytes == 0) {
+      return c10::DataPtr(nullptr, c10::Device(c10::DeviceType::CPU));
+    }
+    void* data = c10::alloc_cpu(nbytes);
+    {
+      std::lock_guard<std::mutex> lock(g_pinned_mutex);
+      pinned_set().insert(data);
+    }
+    return c10::DataPtr(data, data, &free_pinned, c10::Device(c10::DeviceType::CPU));
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &free_pinned; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    std::memcpy(dest, src, count);
+  }
+};
+
+} // namespace
+
+c10::Allocator* pinned_allocator() {
+  static auto* alloc = new PinnedAllocator();
+  return alloc;
+}
+
+bool is_pinned_ptr(const void* data) {
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  // A pointer into a pinned block counts too (views of a pinned tensor); blocks are looked up
+  // by their base only, which is what is_pinned() passes (the storage's data pointer).
+  return pinned_set().count(data) != 0;
+}
+
+} // namespace torchdevice

@@ -1,0 +1,67 @@
+// Host-memory allocator for emulated devices, with the byte counts of CUDA's caching allocator.
+#pragma once
+
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/DeviceType.h>
+
+#include <array>
+#include <mutex>
+
+namespace torchdevice {
+
+class EmulatedAllocator final : public c10::DeviceAllocator {
+ public:
+  static constexpr int kMaxDevices = 64;
+  explicit EmulatedAllocator(c10::DeviceType type);
+
+  // Allocates on the current device of this allocator's type (as CUDA's allocator does).
+  c10::DataPtr allocate(size_t nbytes) override;
+  c10::DataPtr allocate_on(size_t nbytes, c10::DeviceIndex device);
+  c10::DeleterFnPtr raw_deleter() const override;
+  void copy_data(void* dest, const void* src, std::size_t count) const override;
+
+  // Takes over memory a CPU kernel allocated for an output of an emulated op: the bytes are
+  // counted on `device` from now on and the DataPtr reports that device.
+  c10::DataPtr adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device);
+
+  bool initialized() override { return true; }
+  void emptyCache(c10::MempoolId_t /*mempool_id*/) override {}  // nothing is cached
+  void recordStream(const c10::DataPtr& /*ptr*/, c10::Stream /*stream*/) override {}
+  c10::CachingDeviceAllocator::DeviceStats getDeviceStats(c10::DeviceIndex device) override;
+  void resetAccumulatedStats(c10::DeviceIndex device) override;
+  void resetPeakStats(c10::DeviceIndex device) override;
+  std::pair<size_t, size_t> getMemoryInfo(c10::DeviceIndex device) override;  // (free, total)
+
+  // Emulated device memory: total bytes and the per-process fraction CUDA users can cap.
+  void set_total_memory(size_t bytes);
+  size_t total_memory() const { return total_memory_; }
+  void set_memory_fraction(double fraction, c10::DeviceIndex device);
+  double memory_fraction(c10::DeviceIndex device);
+
+  c10::DeviceType type() const { return type_; }
+
+  // Bookkeeping entry points for the deleters.
+  void record_free(c10::DeviceIndex device, size_t nbytes);
+
+ private:
+  struct PerDevice {
+    std::mutex mutex;
+    c10::CachingDeviceAllocator::DeviceStats stats;
+    double fraction = 1.0;
+  };
+  PerDevice& device_state(c10::DeviceIndex device);
+  void record_alloc(c10::DeviceIndex device, size_t nbytes);
+
+  c10::DeviceType type_;
+  size_t total_memory_;
+  std::array<PerDevice, kMaxDevices> devices_;
+};
+
+// The allocator of an emulated device type (one instance per type, never freed).
+EmulatedAllocator& allocator_for(c10::DeviceType type);
+
+// Host allocator for pin_memory(): pinned-ness is a property of the pointer, as with cudaHostAlloc.
+c10::Allocator* pinned_allocator();
+bool is_pinned_ptr(const void* data);
+
+} // namespace torchdevice

@@ -1,0 +1,28 @@
+// Emulated devices: how many there are and which one is current on this thread.
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/DeviceType.h>
+
+namespace torchdevice {
+
+// The device types torchdevice can emulate on host memory.
+inline bool is_emulated_type(c10::DeviceType t) {
+  return t == c10::DeviceType::CUDA || t == c10::DeviceType::MPS;
+}
+
+// Number of emulated devices of `type` (0 while that type is not emulated).
+int device_count(c10::DeviceType type);
+void set_device_count(c10::DeviceType type, int count);
+
+// Raises the error real CUDA raises for an ordinal past the device count.
+void check_device_index(c10::DeviceType type, c10::DeviceIndex index);
+
+// Thread-local current device, as cudaSetDevice keeps it per host thread.
+c10::DeviceIndex current_device(c10::DeviceType type);
+void set_current_device(c10::DeviceType type, c10::DeviceIndex index);
+
+// Resolves -1 / no index to the current device and validates the ordinal.
+c10::Device resolve_device(c10::Device device);
+
+} // namespace torchdevice

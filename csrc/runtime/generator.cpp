@@ -1,0 +1,86 @@
+#include "runtime/generator.h"
+
+#include "runtime/device.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/DispatchKeySet.h>
+
+#include <array>
+#include <mutex>
+
+namespace torchdevice {
+namespace {
+
+c10::DispatchKeySet keys_for(c10::DeviceType type) {
+  return c10::DispatchKeySet(type == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA);
+}
+
+} // namespace
+
+EmulatedGenerator::EmulatedGenerator(c10::Device device, uint64_t seed)
+    : c10::GeneratorImpl(device, keys_for(device.type())),
+      host_(at::make_generator<at::CPUGeneratorImpl>(seed)) {}
+
+// The host generator's own mutex guards its state against kernels running on other threads.
+void EmulatedGenerator::set_current_seed(uint64_t seed) {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  host_.set_current_seed(seed);
+}
+void EmulatedGenerator::set_offset(uint64_t offset) {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  host_.set_offset(offset);
+}
+uint64_t EmulatedGenerator::get_offset() const {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  return host_.get_offset();
+}
+uint64_t EmulatedGenerator::current_seed() const {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  return host_.current_seed();
+}
+uint64_t EmulatedGenerator::seed() {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  return host_.seed();
+}
+void EmulatedGenerator::set_state(const c10::TensorImpl& new_state) {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  host_.unsafeGetGeneratorImpl()->set_state(new_state);
+}
+c10::intrusive_ptr<c10::TensorImpl> EmulatedGenerator::get_state() const {
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  return host_.unsafeGetGeneratorImpl()->get_state();
+}
+
+EmulatedGenerator* EmulatedGenerator::clone_impl() const {
+  auto* copy = new EmulatedGenerator(device(), 0);
+  std::lock_guard<std::mutex> lock(host_.mutex());
+  copy->host_ = host_.clone();
+  return copy;
+}
+
+const at::Generator& default_generator(c10::DeviceType type, c10::DeviceIndex index) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag flags[2][kMaxDevices];
+  static std::array<std::array<at::Generator, kMaxDevices>, 2>* gens =
+      new std::array<std::array<at::Generator, kMaxDevices>, 2>();
+  const int s = type == c10::DeviceType::MPS ? 1 : 0;
+  if (index < 0) {
+    index = current_device(type);
+  }
+  check_device_index(type, index);
+  std::call_once(flags[s][index], [&] {
+    // Like CUDA, default generators start from the fixed default seed until seeded.
+    (*gens)[s][index] = at::make_generator<EmulatedGenerator>(c10::Device(type, index), c10::default_rng_seed_val);
+  });
+  return (*gens)[s][index];
+}
+
+at::Generator new_generator(c10::DeviceType type, c10::DeviceIndex index) {
+  if (index < 0) {
+    index = current_device(type);
+  }
+  check_device_index(type, index);
+  return at::make_generator<EmulatedGenerator>(c10::Device(type, index), c10::default_rng_seed_val);
+}
+
+} // namespace torchdevice

@@ -1,0 +1,22 @@
+// CUDA hooks for the emulated device.
+//
+// ATen asks "is CUDA there?" through at::getCUDAHooks() — autograd (to run backward),
+// torch.Generator('cuda'), pin_memory, torch.accelerator. torch creates that object once,
+// from its hooks registry, the first time anything asks. Two ways in:
+//   1. register_cuda_hooks_in_registry(): before torch first asks (torchdevice loaded before
+//      `import torch`, e.g. by the launcher or the activation .pth). PyTorch's own mechanism.
+//   2. install_cuda_hooks(): after torch created its default object (`import torch` ran first):
+//      that object is given our vtable (runtime/internals.cpp).
+#pragma once
+
+namespace torchdevice {
+
+// Safe to call before torch's Python module is imported; returns false if the registry
+// already created the hooks object (too late for this route).
+extern "C" bool torchdevice_register_cuda_hooks();
+
+// Makes at::getCUDAHooks() answer for the emulated device, by whichever route works.
+// Returns "registry" or "vtable" (how it was done).
+const char* install_cuda_hooks();
+
+} // namespace torchdevice

@@ -1,0 +1,50 @@
+#include "runtime/internals.h"
+
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/TensorImpl.h>
+
+#include <cstring>
+
+namespace torchdevice::internals {
+namespace {
+
+// A derived class may name a protected member of its base; the resulting pointer-to-member
+// then works on any base object. This is standard C++ and needs no layout assumptions.
+struct TensorImplAccess : c10::TensorImpl {
+  static constexpr auto key_set = &TensorImplAccess::key_set_;
+  static constexpr auto device_opt = &TensorImplAccess::device_opt_;
+};
+
+c10::BackendComponent backend_of(c10::DeviceType type) {
+  switch (type) {
+    case c10::DeviceType::CUDA: return c10::BackendComponent::CUDABit;
+    case c10::DeviceType::MPS: return c10::BackendComponent::MPSBit;
+    default: return c10::BackendComponent::CPUBit;
+  }
+}
+
+} // namespace
+
+void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
+  auto& keys = impl->*TensorImplAccess::key_set;
+  const auto from = keys.highestBackendKey();
+  const auto to = backend_of(device.type());
+  if (from != to) {
+    keys = keys.remove_backend(from) - c10::getAutocastRelatedKeySetFromBackend(from);
+    // Backend bits are shared by all functionality keys, so AutogradCPU becomes AutogradCUDA
+    // here too; autocast keys are per device type and are swapped explicitly.
+    keys = keys | c10::DispatchKeySet(to) | c10::getAutocastRelatedKeySetFromBackend(to);
+  }
+  impl->*TensorImplAccess::device_opt = device;
+}
+
+void adopt_hooks_vtable(const at::CUDAHooksInterface& live, const at::CUDAHooksInterface& replacement) {
+  // Itanium C++ ABI: the vtable pointer is the object's first word. torch heap-allocates its
+  // hooks object and never frees it, so rewriting that word is safe once no other thread
+  // is inside a hooks call (we do it while activating, under the GIL).
+  void* vptr = nullptr;
+  std::memcpy(&vptr, static_cast<const void*>(&replacement), sizeof(void*));
+  std::memcpy(const_cast<void*>(static_cast<const void*>(&live)), &vptr, sizeof(void*));
+}
+
+} // namespace torchdevice::internals

@@ -1,0 +1,129 @@
+// C++ checks of the native core without Python: guard, allocator counters, factories, an op
+// through the fallback and copies. Run by ctest; exits non-zero on the first failure.
+#include "activate.h"
+#include "runtime/allocator.h"
+#include "runtime/device.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+
+#define EXPECT(cond)                                                        \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      std::fprintf(stderr, "  FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                           \
+    }                                                                       \
+  } while (0)
+
+template <typename F>
+bool throws(F&& f) {
+  try {
+    f();
+  } catch (const c10::Error&) {
+    return true;
+  }
+  return false;
+}
+
+const auto kCUDA = c10::DeviceType::CUDA;
+
+void test_guard() {
+  const auto* impl = c10::impl::getDeviceGuardImpl(kCUDA);
+  EXPECT(impl->deviceCount() == 2);
+  EXPECT(impl->getDevice() == c10::Device(kCUDA, 0));
+  {
+    c10::DeviceGuard guard(c10::Device(kCUDA, 1));
+    EXPECT(torchdevice::current_device(kCUDA) == 1);
+  }
+  EXPECT(torchdevice::current_device(kCUDA) == 0);
+  EXPECT(throws([&] { impl->setDevice(c10::Device(kCUDA, 7)); }));
+}
+
+void test_allocator_counters() {
+  auto& alloc = torchdevice::allocator_for(kCUDA);
+  const auto before = alloc.getDeviceStats(0).allocated_bytes[0].current;
+  {
+    auto t = at::empty({256}, at::TensorOptions().device(kCUDA).dtype(at::kFloat));
+    EXPECT(alloc.getDeviceStats(0).allocated_bytes[0].current == before + 1024);
+    EXPECT(alloc.getDeviceStats(0).allocated_bytes[0].peak >= before + 1024);
+  }
+  EXPECT(alloc.getDeviceStats(0).allocated_bytes[0].current == before);
+}
+
+void test_factory() {
+  auto t = at::empty({2, 3}, at::TensorOptions().device(c10::Device(kCUDA, 1)));
+  EXPECT(t.is_cuda());
+  EXPECT(t.device() == c10::Device(kCUDA, 1));
+  EXPECT(t.storage().device() == c10::Device(kCUDA, 1));
+  EXPECT(throws([] { at::empty({1}, at::TensorOptions().device(c10::Device(kCUDA, 7))); }));
+}
+
+void test_op_matches_cpu() {
+  auto a = at::randn({4, 5});
+  auto b = at::randn({4, 5});
+  auto expected = a.mm(b.t()) + 1;
+  auto got = a.to(kCUDA).mm(b.to(kCUDA).t()) + 1;
+  EXPECT(got.is_cuda());
+  EXPECT(at::equal(got.cpu(), expected));
+  // in-place keeps the object and the device
+  auto c = a.to(kCUDA);
+  auto* impl = c.unsafeGetTensorImpl();
+  c.add_(1);
+  EXPECT(c.unsafeGetTensorImpl() == impl && c.is_cuda());
+  EXPECT(at::equal(c.cpu(), a + 1));
+  // views share memory with their base
+  auto v = c.view({20});
+  v.zero_();
+  EXPECT(c.sum().item<float>() == 0.0f);
+  EXPECT(v.is_cuda() && v.storage().unsafeGetStorageImpl() == c.storage().unsafeGetStorageImpl());
+}
+
+void test_copies() {
+  auto a = at::arange(10, at::kFloat);
+  auto d0 = a.to(c10::Device(kCUDA, 0));
+  auto d1 = d0.to(c10::Device(kCUDA, 1));
+  EXPECT(d1.device() == c10::Device(kCUDA, 1));
+  EXPECT(at::equal(d1.cpu(), a));
+  EXPECT(!d1.cpu().is_cuda());
+  // mixing devices raises as on a GPU
+  EXPECT(throws([&] { (void)(d0 + d1); }));
+  EXPECT(throws([&] { (void)(d0 + a); }));
+  EXPECT(at::equal((d0 + at::scalar_tensor(2.0)).cpu(), a + 2));
+}
+
+} // namespace
+
+int main() {
+  torchdevice::activate(kCUDA, 2);
+  const std::vector<std::pair<std::string, std::function<void()>>> tests = {
+      {"guard", test_guard},
+      {"allocator_counters", test_allocator_counters},
+      {"factory", test_factory},
+      {"op_matches_cpu", test_op_matches_cpu},
+      {"copies", test_copies},
+  };
+  int failed_tests = 0;
+  for (const auto& [name, fn] : tests) {
+    const int before = failures;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "  FAILED %s: unexpected exception: %s\n", name.c_str(), e.what());
+      ++failures;
+    }
+    const bool ok = failures == before;
+    failed_tests += ok ? 0 : 1;
+    std::printf("%s %s\n", ok ? "[ PASS ]" : "[ FAIL ]", name.c_str());
+  }
+  std::printf("%zu passed, %d failed\n", tests.size() - failed_tests, failed_tests);
+  return failed_tests == 0 ? 0 : 1;
+}

@@ -1,0 +1,52 @@
+"""torchdevice: PyTorch code written for CUDA runs unmodified where there is no NVIDIA GPU.
+
+``import torchdevice`` (before or after ``import torch``) activates the backend chosen by
+``TORCH_DEVICE_BACKEND`` (auto|cpu|mps|cuda). Tensors on the emulated device really say
+``cuda:0``; every op runs the CPU kernel on the same memory and gives its result bit for bit.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from torchdevice import _native
+from torchdevice.core import device as _device
+from torchdevice.core.logger import configure_from_env as _configure_logging
+from torchdevice.core.logger import logger as _logger
+
+_configure_logging()
+plan = _device.plan()
+# Before torch exists, so torch picks our CUDA hooks from its own registry.
+_hooks_preloaded = plan.emulates_cuda and _native.preload()
+
+import torch  # noqa: E402
+
+from torchdevice.core.patch import REGISTRY as _REGISTRY  # noqa: E402
+
+activation: dict = {}
+
+
+def _activate() -> None:
+    if not plan.emulated:
+        _logger.info("runner %s: nothing to emulate", plan.runner)
+        return
+    from torchdevice import _C
+    from torchdevice.shims import cuda as _cuda_shims
+
+    activation.update(_C.activate("cuda", plan.device_count))
+    _cuda_shims.apply_patches()
+    if plan.device_count > 0:
+        torch.cuda._lazy_init()
+    _logger.info(
+        "emulating %s on %s: %d device(s), hooks via %s",
+        ", ".join(plan.emulated), plan.runner, plan.device_count, activation.get("hooks_route"),
+    )
+
+
+def patches():
+    """Print and return every Python-level patch torchdevice applied."""
+    print(_REGISTRY.describe())  # noqa: T201 - this function's purpose is to print
+    return list(_REGISTRY)
+
+
+_activate()

@@ -1,0 +1,126 @@
+"""Which devices are emulated, and on what: decided once per process from the environment.
+
+``TORCH_DEVICE_BACKEND`` picks the *runner*, the device that really executes kernels:
+``cpu`` (any machine), ``mps`` (Apple Silicon), ``cuda`` (NVIDIA), or ``auto`` (the best one
+present). The runner is never emulated; the other accelerator types are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import glob
+import importlib.util
+import os
+import platform
+
+VALID_BACKENDS = ("auto", "cpu", "mps", "cuda")
+DEFAULT_DEVICE_COUNT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    backend: str  # the value asked for (after resolving "auto")
+    runner: str  # where kernels run: "cpu", "mps" or "cuda"
+    emulated: tuple[str, ...]  # device types torchdevice provides on that runner
+    device_count: int  # emulated devices per emulated type
+
+    @property
+    def emulates_cuda(self) -> bool:
+        return "cuda" in self.emulated
+
+
+def requested_backend() -> str:
+    value = os.environ.get("TORCH_DEVICE_BACKEND", "auto").strip().lower() or "auto"
+    if value not in VALID_BACKENDS:
+        raise ValueError(
+            f"TORCH_DEVICE_BACKEND={value!r} is not a valid backend; choose one of: {', '.join(VALID_BACKENDS)}"
+        )
+    return value
+
+
+def _torch_lib_dir() -> str | None:
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "lib")
+
+
+def torch_has_cuda_build() -> bool:
+    """True for a CUDA build of torch (the default Linux wheel), decided without importing torch."""
+    lib = _torch_lib_dir()
+    return bool(lib and glob.glob(os.path.join(lib, "libtorch_cuda.so*")))
+
+
+def real_cuda_device_count() -> int:
+    """Number of NVIDIA GPUs the driver reports (0 without a driver), without importing torch."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def real_mps_available() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def emulated_device_count() -> int:
+    """TORCHDEVICE_DEVICE_COUNT devices, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows GPUs."""
+    raw = os.environ.get("TORCHDEVICE_DEVICE_COUNT", "").strip()
+    try:
+        physical = int(raw) if raw else DEFAULT_DEVICE_COUNT
+    except ValueError:
+        raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={raw!r} is not an integer") from None
+    if not 0 <= physical <= 64:
+        raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={physical} is out of range; choose 0 to 64")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return physical
+    return len(_parse_visible_devices(visible, physical))
+
+
+def _parse_visible_devices(value: str, physical: int) -> list[int]:
+    # CUDA's rules: a comma list of ordinals; parsing stops at the first entry that is not a
+    # valid, unseen ordinal (so "0,1,-1,2" exposes two devices and "" exposes none).
+    seen: list[int] = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry or not (entry.isdigit()):
+            break
+        index = int(entry)
+        if index >= physical or index in seen:
+            break
+        seen.append(index)
+    return seen
+
+
+def plan() -> Plan:
+    backend = requested_backend()
+    count = emulated_device_count()
+    if backend == "auto":
+        if torch_has_cuda_build() and real_cuda_device_count() > 0:
+            return Plan("auto", "cuda", (), 0)
+        if real_mps_available():
+            backend = "mps"
+        else:
+            return Plan("auto", "cpu", ("cuda",), count)
+    if backend == "cpu":
+        return Plan("cpu", "cpu", ("cuda",), count)
+    if backend == "mps":
+        if not real_mps_available():
+            raise RuntimeError(
+                "TORCH_DEVICE_BACKEND=mps runs kernels on Apple's MPS, which this machine does not have; "
+                "use TORCH_DEVICE_BACKEND=cpu (or auto) here"
+            )
+        raise NotImplementedError("the MPS runner is not part of this build of torchdevice yet")
+    # backend == "cuda": kernels on a real NVIDIA GPU; nothing to emulate for CUDA itself.
+    if not (torch_has_cuda_build() and real_cuda_device_count() > 0):
+        raise RuntimeError(
+            "TORCH_DEVICE_BACKEND=cuda runs kernels on a real NVIDIA GPU, and none is usable here; "
+            "use TORCH_DEVICE_BACKEND=cpu (or auto) here"
+        )
+    return Plan("cuda", "cuda", (), 0)

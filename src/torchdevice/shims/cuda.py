@@ -1,0 +1,183 @@
+"""``torch.cuda`` for the emulated device: the runtime entry points a CPU build of torch lacks.
+
+Each function answers as on a machine with ``device_count()`` real GPUs; errors for bad
+devices are the ones real CUDA raises.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.cuda
+
+from torchdevice import _C
+from torchdevice.core.patch import REGISTRY
+
+OWNER = "shims.cuda"
+_TYPE = "cuda"
+
+
+class EmulatedDeviceProperties:
+    """What ``torch.cuda.get_device_properties`` returns (``torch._C._CudaDeviceProperties`` on GPU builds)."""
+
+    def __init__(self, index: int) -> None:
+        major, minor = _capability()
+        self.name = os.environ.get("TORCHDEVICE_DEVICE_NAME", "torchdevice emulated GPU (CPU)")
+        self.major = major
+        self.minor = minor
+        self.total_memory = int(_C.total_memory(_TYPE))
+        self.multi_processor_count = os.cpu_count() or 1
+        self.is_integrated = False
+        self.is_multi_gpu_board = False
+        self.max_threads_per_multi_processor = 2048
+        self.max_threads_per_block = 1024
+        self.regs_per_multiprocessor = 65536
+        self.shared_memory_per_block = 49152
+        self.shared_memory_per_block_optin = 49152
+        self.shared_memory_per_multiprocessor = 65536
+        self.warp_size = 32
+        self.L2_cache_size = 0
+        self.gcnArchName = "NVIDIA CUDA"
+        self.uuid = f"00000000-0000-0000-0000-{index:012d}"
+        self.pci_bus_id = index
+        self.pci_device_id = 0
+        self.pci_domain_id = 0
+        self.clock_rate = 0
+        self.memory_clock_rate = 0
+        self.memory_bus_width = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"_CudaDeviceProperties(name='{self.name}', major={self.major}, minor={self.minor}, "
+            f"total_memory={self.total_memory // (1024 * 1024)}MB, "
+            f"multi_processor_count={self.multi_processor_count}, uuid={self.uuid}, "
+            f"pci_bus_id={self.pci_bus_id}, pci_device_id={self.pci_device_id}, "
+            f"pci_domain_id={self.pci_domain_id}, L2_cache_size={self.L2_cache_size // (1024 * 1024)}MB)"
+        )
+
+
+def _capability() -> tuple[int, int]:
+    raw = os.environ.get("TORCHDEVICE_CAPABILITY", "8.0")
+    try:
+        major, minor = (int(x) for x in raw.split("."))
+    except ValueError:
+        raise ValueError(f"TORCHDEVICE_CAPABILITY={raw!r} is not of the form MAJOR.MINOR (e.g. 8.0)") from None
+    return major, minor
+
+
+def _device_index(device: Any, optional: bool = True) -> int:
+    """torch.cuda's own device-argument parsing (int, str, torch.device, None)."""
+    index = torch.cuda._utils._get_device_index(device, optional=optional, allow_cpu=False)
+    return _C.current_device(_TYPE) if index is None or index < 0 else index
+
+
+def _checked_index(device: Any) -> int:
+    index = _device_index(device)
+    _C.check_device(_TYPE, index)
+    return index
+
+
+def apply_patches() -> None:
+    cuda = torch.cuda
+    patch = REGISTRY.patch_function
+
+    @patch(cuda, "is_available", owner=OWNER)
+    def is_available() -> bool:
+        return _C.device_count(_TYPE) > 0
+
+    @patch(cuda, "_is_compiled", owner=OWNER)
+    def _is_compiled() -> bool:
+        return True
+
+    @patch(cuda, "device_count", owner=OWNER)
+    def device_count() -> int:
+        return _C.device_count(_TYPE)
+
+    # Lightning/accelerate set PYTORCH_NVML_BASED_CUDA_CHECK=1, which routes through NVML.
+    for name in ("_device_count_nvml", "_device_count_amdsmi"):
+        if hasattr(cuda, name):
+            REGISTRY.patch(cuda, name, _distinct(device_count, name), owner=OWNER)
+
+    @patch(cuda, "is_initialized", owner=OWNER)
+    def is_initialized() -> bool:
+        return bool(cuda._initialized)
+
+    @patch(cuda, "_lazy_init", owner=OWNER)
+    def _lazy_init() -> None:
+        if cuda._initialized or getattr(cuda._tls, "is_initializing", False):
+            return
+        if _C.device_count(_TYPE) == 0:
+            raise RuntimeError("No CUDA GPUs are available")
+        cuda._tls.is_initializing = True
+        try:
+            cuda.default_generators = tuple(_C.default_generator(_TYPE, i) for i in range(_C.device_count(_TYPE)))
+            cuda._initialized = True
+            # Calls deferred before initialisation (manual_seed, ...) run now, as on a GPU.
+            for queued_call, orig_traceback in cuda._queued_calls:
+                try:
+                    queued_call()
+                except Exception as e:
+                    msg = f"CUDA call failed lazily at initialization with error: {e}\n\nCUDA call was originally invoked at:\n\n{''.join(orig_traceback)}"
+                    raise cuda.DeferredCudaCallError(msg) from e
+            cuda._queued_calls.clear()
+        finally:
+            cuda._tls.is_initializing = False
+
+    @patch(cuda, "current_device", owner=OWNER)
+    def current_device() -> int:
+        cuda._lazy_init()
+        return _C.current_device(_TYPE)
+
+    @patch(cuda, "set_device", owner=OWNER)
+    def set_device(device: Any) -> None:
+        index = torch.cuda._utils._get_device_index(device, optional=False, allow_cpu=False)
+        if index >= 0:  # negative indices are ignored, as by torch.cuda.set_device
+            _C.set_device(_TYPE, index)
+
+    @patch(cuda, "_exchange_device", owner=OWNER)
+    def _exchange_device(device: int) -> int:
+        if device < 0:
+            return -1
+        previous = _C.current_device(_TYPE)
+        if device != previous:
+            _C.set_device(_TYPE, device)
+        return previous
+
+    REGISTRY.patch(cuda, "_maybe_exchange_device", _distinct(_exchange_device, "_maybe_exchange_device"), owner=OWNER)
+
+    @patch(cuda, "synchronize", owner=OWNER)
+    def synchronize(device: Any = None) -> None:
+        # Kernels run synchronously on the host: every queued operation has finished already.
+        _checked_index(device)
+
+    @patch(cuda, "get_device_properties", owner=OWNER)
+    def get_device_properties(device: Any = None) -> EmulatedDeviceProperties:
+        cuda._lazy_init()
+        index = _device_index(device)
+        if index < 0 or index >= _C.device_count(_TYPE):
+            raise AssertionError("Invalid device id")  # torch.cuda's own check and message
+        return EmulatedDeviceProperties(index)
+
+    @patch(cuda, "get_device_name", owner=OWNER)
+    def get_device_name(device: Any = None) -> str:
+        return cuda.get_device_properties(device).name
+
+    @patch(cuda, "get_device_capability", owner=OWNER)
+    def get_device_capability(device: Any = None) -> tuple[int, int]:
+        props = cuda.get_device_properties(device)
+        return props.major, props.minor
+
+    REGISTRY.patch(torch.backends.cuda, "is_built", _distinct(lambda: True, "is_built"), owner=OWNER)
+
+
+def _distinct(fn, name: str):
+    """A distinct function object (dynamo registers handlers per object and rejects duplicates)."""
+
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
