@@ -35,6 +35,9 @@ def _activate() -> None:
 
     activation.update(_C.activate("cuda", plan.device_count))
     _cuda_shims.apply_patches()
+    from torchdevice import ops as _ops
+
+    _ops.apply_patches()
     if plan.device_count > 0:
         torch.cuda._lazy_init()
     _logger.info(

@@ -1,0 +1,17 @@
+"""The ``torch.cuda`` runtime on the emulated device, one module per area.
+
+Each module's ``apply_patches()`` registers its patches in ``core.patch.REGISTRY`` under its
+own owner name; :func:`apply_patches` runs them in dependency order (device bindings first:
+the others call ``torch.cuda.current_device`` and friends through them).
+"""
+
+from __future__ import annotations
+
+from torchdevice.ops import amp, device, host, memory, random, storage, streams
+
+MODULES = (device, memory, storage, streams, random, amp, host)
+
+
+def apply_patches() -> None:
+    for module in MODULES:
+        module.apply_patches()

@@ -1,0 +1,160 @@
+"""Host-side ``torch.cuda`` odds and ends: cudart, NVTX, IPC, NVML-style sensors, sync debug mode.
+
+Pinned memory needs nothing here: the C++ CUDA hooks provide the pinned host allocator, so
+``pin_memory()``/``is_pinned()`` and ``DataLoader(pin_memory=True)`` use it directly.
+
+What real CUDA answers through a driver or a profiler tool is answered as a GPU machine with no
+tool attached answers it (NVTX returns NVTX's "no tool" codes). The NVML sensors have no
+emulated counterpart and report 0 (documented in docs/capability-honesty.md).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import torch
+import torch.cuda
+import torch.cuda.nvtx
+
+from torchdevice import _C
+from torchdevice.core.patch import REGISTRY
+from torchdevice.ops.device import device_index
+
+OWNER = "ops.host"
+_TYPE = "cuda"
+
+# nvtxRangePushA/nvtxRangePop return NVTX_NO_PUSH_POP_TRACKING when no tool (nsys, ncu) is
+# attached to the process, which is the state of every process here.
+NVTX_NO_PUSH_POP_TRACKING = -2
+
+
+class _NVTX:
+    """``torch._C._nvtx`` as it behaves on a GPU machine with no profiling tool attached."""
+
+    def rangePushA(self, msg: str) -> int:
+        return NVTX_NO_PUSH_POP_TRACKING
+
+    def rangePop(self) -> int:
+        return NVTX_NO_PUSH_POP_TRACKING
+
+    def rangeStartA(self, msg: str) -> int:
+        return 0  # nvtxRangeId_t 0: the id NVTX hands out without a tool
+
+    def rangeEnd(self, range_id: int) -> None:
+        return None
+
+    def markA(self, msg: str) -> None:
+        return None
+
+    def deviceRangeStart(self, msg: str, stream: int = 0) -> object:
+        return None
+
+    def deviceRangeEnd(self, range_handle: object, stream: int = 0) -> None:
+        return None
+
+
+class cudaError(enum.IntEnum):
+    """The cudaError_t values torch.cuda.check_error/CudaError consult."""
+
+    success = 0
+    invalid_value = 1
+    memory_allocation = 2
+    initialization_error = 3
+    not_ready = 600
+
+
+_ERROR_STRINGS = {
+    cudaError.success: "no error",
+    cudaError.invalid_value: "invalid argument",
+    cudaError.memory_allocation: "out of memory",
+    cudaError.initialization_error: "initialization error",
+    cudaError.not_ready: "device not ready",
+}
+
+
+class _Cudart:
+    """``torch.cuda.cudart()``: the CUDA runtime calls torch and common scripts make.
+
+    Every call succeeds (execution is synchronous and memory is host memory) and returns
+    ``cudaError.success`` where the runtime returns an error code.
+    """
+
+    cudaError = cudaError
+
+    def cudaGetErrorString(self, error: int) -> str:
+        try:
+            return _ERROR_STRINGS[cudaError(int(error))]
+        except ValueError:
+            return "unrecognized error code"
+
+    def cudaProfilerStart(self) -> int:
+        return cudaError.success
+
+    def cudaProfilerStop(self) -> int:
+        return cudaError.success
+
+    def cudaHostRegister(self, ptr: int, size: int, flags: int) -> int:
+        return cudaError.success
+
+    def cudaHostUnregister(self, ptr: int) -> int:
+        return cudaError.success
+
+    def cudaStreamCreate(self, ptr: int) -> int:
+        return cudaError.success
+
+    def cudaStreamDestroy(self, ptr: int) -> int:
+        return cudaError.success
+
+    def cudaMemGetInfo(self, device: int) -> tuple[int, int]:
+        return tuple(_C.mem_get_info(_TYPE, int(device)))  # type: ignore[return-value]
+
+
+_sync_debug_mode = 0  # torch.cuda.set_sync_debug_mode: 0 default, 1 warn, 2 error
+
+
+def _sensor(device: Any = None) -> int:
+    # Validate the device as NVML would (an index it knows), then report the idle reading.
+    torch.cuda._lazy_init()
+    _C.check_device(_TYPE, device_index(device))
+    return 0
+
+
+def apply_patches() -> None:
+    C = torch._C
+    cuda = torch.cuda
+    patch = REGISTRY.patch_function
+
+    # torch.cuda.nvtx bound `_nvtx` to a stub that raises "NVTX functions not installed".
+    REGISTRY.patch(torch.cuda.nvtx, "_nvtx", _NVTX(), owner=OWNER)
+
+    # cudart() returns the module-level _cudart that a CUDA build's _lazy_init loads.
+    REGISTRY.patch(cuda, "_cudart", _Cudart(), owner=OWNER)
+
+    @patch(C, "_cuda_ipc_collect", owner=OWNER)
+    def _cuda_ipc_collect() -> None:
+        # No CUDA IPC exists between emulated processes, so nothing waits to be collected.
+        return None
+
+    @patch(C, "_cuda_set_sync_debug_mode", owner=OWNER)
+    def _cuda_set_sync_debug_mode(debug_mode: int) -> None:
+        global _sync_debug_mode
+        _sync_debug_mode = int(debug_mode)
+
+    @patch(C, "_cuda_get_sync_debug_mode", owner=OWNER)
+    def _cuda_get_sync_debug_mode() -> int:
+        return _sync_debug_mode
+
+    # NVML sensor readings (torch reads them through pynvml, absent here).
+    for name in ("utilization", "memory_usage", "temperature", "power_draw", "clock_rate"):
+        REGISTRY.patch(cuda, name, _named_sensor(name), owner=OWNER)
+
+
+def _named_sensor(name: str):
+    # A distinct function per name: dynamo registers handlers per function object.
+    def sensor(device: Any = None) -> int:
+        return _sensor(device)
+
+    sensor.__name__ = sensor.__qualname__ = name
+    sensor.__doc__ = f"``torch.cuda.{name}``: NVML has no emulated counterpart; 0 (see docs/capability-honesty.md)."
+    return sensor

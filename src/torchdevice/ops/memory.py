@@ -1,0 +1,149 @@
+"""``torch.cuda`` memory management over the emulated allocator's real byte counters.
+
+torch's own ``torch.cuda.memory`` functions stay in charge (their argument checks, the sorted
+``OrderedDict`` of ``memory_stats``, ``memory_summary``'s table); this module supplies the
+``torch._C._cuda_*`` bindings they call, reading the C++ allocator that backs every emulated
+cuda tensor. The allocator caches nothing, so reserved bytes equal allocated bytes and
+``empty_cache`` has nothing to release: both are the true state, not an approximation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.cuda
+import torch.cuda.memory
+
+from torchdevice import _C
+from torchdevice.core.patch import REGISTRY
+from torchdevice.ops.device import device_index
+
+OWNER = "ops.memory"
+_TYPE = "cuda"
+
+# Allocations made through caching_allocator_alloc, kept alive by pointer until
+# caching_allocator_delete (CUDA's allocator tracks raw blocks the same way).
+_raw_blocks: dict[int, torch.Tensor] = {}
+
+
+def _valid_device(device: int) -> int:
+    # CUDACachingAllocator's assertValidDevice: the same check and wording.
+    if not 0 <= device < _C.device_count(_TYPE):
+        raise RuntimeError(f"Invalid device argument {device}: did you call init?")
+    return device
+
+
+def nested_memory_stats(device: int) -> dict[str, Any]:
+    """``torch._C._cuda_memoryStats``: the allocator's flat counters as CUDA's nested dict.
+
+    ``allocation.all.current`` becomes ``{"allocation": {"all": {"current": ...}}}``; torch's
+    ``memory_stats`` flattens and sorts it again, exactly as for a real GPU.
+    """
+    flat = _C.memory_stats(_TYPE, _valid_device(device))
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def mem_get_info(device: Any = None) -> tuple[int, int]:
+    """(free, total) bytes of the emulated device, as cudaMemGetInfo reports them."""
+    torch.cuda._lazy_init()
+    return tuple(_C.mem_get_info(_TYPE, _valid_device(device_index(device))))  # type: ignore[return-value]
+
+
+def list_gpu_processes(device: Any = None) -> str:
+    """nvidia-smi's view: this process, using the bytes it holds on the device."""
+    torch.cuda._lazy_init()
+    index = _valid_device(device_index(device))
+    used_mb = torch.cuda.memory_reserved(index) / (1024 * 1024)
+    lines = [f"GPU:{index}", f"process {os.getpid():>10d} uses {used_mb:>12.3f} MB GPU memory"]
+    return "\n".join(lines)
+
+
+def device_memory_used(device: Any = None) -> int:
+    """Bytes in use on the device as NVML reports them: all of it is this process's."""
+    torch.cuda._lazy_init()
+    return int(torch.cuda.memory_reserved(_valid_device(device_index(device))))
+
+
+def apply_patches() -> None:
+    C = torch._C
+    patch = REGISTRY.patch_function
+
+    @patch(C, "_cuda_memoryStats", owner=OWNER)
+    def _cuda_memoryStats(device: int) -> dict[str, Any]:
+        return nested_memory_stats(device)
+
+    @patch(C, "_cuda_resetPeakMemoryStats", owner=OWNER)
+    def _cuda_resetPeakMemoryStats(device: int) -> None:
+        _C.reset_peak_memory_stats(_TYPE, _valid_device(device))
+
+    @patch(C, "_cuda_resetAccumulatedMemoryStats", owner=OWNER)
+    def _cuda_resetAccumulatedMemoryStats(device: int) -> None:
+        _C.reset_accumulated_memory_stats(_TYPE, _valid_device(device))
+
+    @patch(C, "_cuda_emptyCache", owner=OWNER)
+    def _cuda_emptyCache() -> None:
+        # Freed blocks go straight back to the host: there is no cache to release.
+        return None
+
+    @patch(C, "_cuda_setMemoryFraction", owner=OWNER)
+    def _cuda_setMemoryFraction(fraction: float, device: int) -> None:
+        _C.set_memory_fraction(_TYPE, float(fraction), _valid_device(device))
+
+    @patch(C, "_cuda_getMemoryFraction", owner=OWNER)
+    def _cuda_getMemoryFraction(device: int) -> float:
+        return _C.memory_fraction(_TYPE, _valid_device(device))
+
+    @patch(C, "_cuda_memorySnapshot", owner=OWNER)
+    def _cuda_memorySnapshot(args: Any = None) -> dict[str, Any]:
+        # The allocator keeps byte counts, not a block map, so there are no segments to list
+        # (what a real GPU reports before its first allocation); memory_stats has the totals.
+        count = _C.device_count(_TYPE)
+        return {"segments": [], "device_traces": [[] for _ in range(count)], "allocator_settings": {}}
+
+    @patch(C, "_cuda_record_memory_history", owner=OWNER)
+    def _cuda_record_memory_history(*args: Any, **kwargs: Any) -> None:
+        # Accepted so profiling scripts run; no allocation history is recorded (see above).
+        return None
+
+    @patch(C, "_cuda_cudaCachingAllocator_raw_alloc", owner=OWNER)
+    def _cuda_cudaCachingAllocator_raw_alloc(size: int, stream: int) -> int:
+        # A byte tensor on the current device owns the block, so the counters see it.
+        block = torch.empty(int(size), dtype=torch.uint8, device=torch.device(_TYPE, _C.current_device(_TYPE)))
+        ptr = block.data_ptr()
+        _raw_blocks[ptr] = block
+        return ptr
+
+    @patch(C, "_cuda_cudaCachingAllocator_raw_delete", owner=OWNER)
+    def _cuda_cudaCachingAllocator_raw_delete(ptr: int) -> None:
+        if ptr == 0:  # CUDA's raw_delete ignores null, like free()
+            return
+        if _raw_blocks.pop(int(ptr), None) is None:
+            raise RuntimeError("invalid device pointer: " + hex(int(ptr)))
+
+    @patch(C, "_cuda_cudaCachingAllocator_is_enabled", owner=OWNER)
+    def _cuda_cudaCachingAllocator_is_enabled() -> bool:
+        return True
+
+    @patch(C, "_cuda_cudaCachingAllocator_enable", owner=OWNER)
+    def _cuda_cudaCachingAllocator_enable(value: bool) -> None:
+        # Nothing is cached either way; the flag only changes caching, never the counts.
+        return None
+
+    @patch(C, "_cuda_getAllocatorBackend", owner=OWNER)
+    def _cuda_getAllocatorBackend() -> str:
+        return "native"
+
+    # mem_get_info goes through cudart's cudaMemGetInfo; answer from the allocator directly.
+    for module in (torch.cuda, torch.cuda.memory):
+        REGISTRY.patch(module, "mem_get_info", mem_get_info, owner=OWNER)
+        REGISTRY.patch(module, "list_gpu_processes", list_gpu_processes, owner=OWNER)
+    REGISTRY.patch(torch.cuda, "device_memory_used", device_memory_used, owner=OWNER)

@@ -1,0 +1,54 @@
+"""Storages on the emulated device, and with them checkpoints that hold cuda tensors.
+
+``torch.UntypedStorage(n, device='cuda')`` is built in torch's C++ binding, which on a CPU build
+knows no allocator for cuda ("Storage device not recognized: cuda"). Every storage move goes
+through that constructor: ``storage.cuda()``, ``storage.to('cuda')`` and so ``torch.load`` of
+any checkpoint whose storages are tagged ``cuda:N`` (saved here or on a real GPU), whatever the
+``map_location``. The constructor is given a Python ``__new__`` that makes cuda storages the way
+tensors get theirs, through the emulated allocator (so their bytes are counted), and leaves
+every other device to torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.storage
+
+from torchdevice.core.patch import REGISTRY
+
+OWNER = "ops.storage"
+_TYPE = "cuda"
+
+_base_new = torch._C.StorageBase.__new__
+
+
+def _cuda_storage(nbytes: int, device: torch.device) -> torch.UntypedStorage:
+    # A byte tensor's storage is a plain, resizable cuda StorageImpl from the emulated allocator.
+    return torch.empty(int(nbytes), dtype=torch.uint8, device=device).untyped_storage()
+
+
+def _untyped_storage_new(cls: type, *args: Any, **kwargs: Any) -> torch.UntypedStorage:
+    device = kwargs.get("device")
+    if device is None or kwargs.get("allocator") is not None or cls is not torch.UntypedStorage:
+        return _base_new(cls, *args, **kwargs)
+    device = torch.device(device)
+    if device.type != _TYPE:
+        return _base_new(cls, *args, **kwargs)
+    if device.index is None:
+        device = torch.device(_TYPE, torch.cuda.current_device())
+    if not args:
+        return _cuda_storage(0, device)
+    if len(args) == 1 and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return _cuda_storage(args[0], device)
+    # A sequence of byte values: built on the host by torch's own parser, then copied over.
+    host_kwargs = {k: v for k, v in kwargs.items() if k != "device"}
+    host = _base_new(cls, *args, **host_kwargs)
+    storage = _cuda_storage(host.nbytes(), device)
+    storage.copy_(host)
+    return storage
+
+
+def apply_patches() -> None:
+    REGISTRY.patch(torch.storage.UntypedStorage, "__new__", staticmethod(_untyped_storage_new), owner=OWNER)

@@ -1,0 +1,250 @@
+"""``torch.cuda`` streams and events on the emulated device.
+
+A CPU build of torch defines ``torch.cuda.Stream``/``Event`` over dummy bases that refuse to be
+instantiated. Here they are subclasses of ``torch.Stream``/``torch.Event`` (as on a CUDA build,
+where ``_CudaStreamBase``/``_CudaEventBase`` derive from them), so every call goes through the
+emulated C++ guard: per-thread current streams, events that record a host timestamp.
+
+Kernels run synchronously, so work "submitted to a stream" has finished when the call returns:
+``query()`` is True, ``synchronize``/``wait_*`` return at once. Everything observable through
+the API still holds: stream identity and equality, the current stream per device and thread,
+event recording order, timing in milliseconds, and CUDA's errors for misuse (elapsed time
+without ``enable_timing`` or before recording).
+
+torch's own ``current_stream``/``default_stream``/``set_stream``/``stream``/``StreamContext``
+stay in charge; they call the ``torch._C._cuda_*`` stream bindings defined here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import torch
+import torch.cuda
+import torch.cuda.graphs
+import torch.cuda.streams
+
+from torchdevice import _C
+from torchdevice.core.patch import REGISTRY
+from torchdevice.ops.device import device_index as _resolve_index
+
+OWNER = "ops.streams"
+_TYPE = "cuda"
+_CUDA_TYPE_ENUM = 1  # c10::DeviceType::CUDA, what Stream.device_type reports
+
+# CUDA's stream priorities as torch exposes them: 0 is the default (lowest), lower numbers are
+# higher priorities, and torch caps the range at max_compile_time_stream_priorities (4) levels.
+LEAST_PRIORITY = 0
+GREATEST_PRIORITY = -3
+
+# Priority of each stream created here, by (device, stream id): Stream objects are rebuilt from
+# ids (current_stream() returns a new object), so the priority must live with the id.
+_priorities: dict[tuple[int, int], int] = {}
+_priorities_lock = threading.Lock()
+
+
+def _clamp_priority(priority: int) -> int:
+    # "If the value falls outside of the allowed priority range, it will automatically be
+    # mapped to the nearest valid priority" (torch.cuda.Stream's documentation).
+    return max(GREATEST_PRIORITY, min(LEAST_PRIORITY, int(priority)))
+
+
+class Stream(torch.Stream):
+    r"""Wrapper around a CUDA stream (see ``torch.cuda.Stream``), executing synchronously.
+
+    Args:
+        device (torch.device or int, optional): the stream's device; ``None`` or a negative
+            integer means the current device.
+        priority (int, optional): lower numbers are higher priorities; out-of-range values are
+            mapped to the nearest valid priority (0 to -3).
+    """
+
+    def __new__(cls, device: Any = None, priority: int = 0, **kwargs: Any) -> "Stream":
+        if "stream_id" in kwargs and "device_index" in kwargs:
+            # Rebuilding a Python object for an existing stream (current_stream() and friends).
+            return super().__new__(cls, priority=priority, **kwargs)
+        if kwargs:
+            name = next(iter(kwargs))
+            raise TypeError(f"Stream() got an unexpected keyword argument '{name}'")
+        # torch.cuda.device raises CUDA's own errors for an invalid device.
+        with torch.cuda.device(device):
+            index = torch.cuda.current_device()
+            stream = super().__new__(cls, device=torch.device(_TYPE, index), priority=priority)
+        with _priorities_lock:
+            _priorities[(index, stream.stream_id)] = _clamp_priority(priority)
+        return stream
+
+    @staticmethod
+    def priority_range() -> tuple[int, int]:
+        """(least, greatest) stream priority, as ``cudaDeviceGetStreamPriorityRange`` via torch."""
+        return LEAST_PRIORITY, GREATEST_PRIORITY
+
+    @property
+    def priority(self) -> int:
+        with _priorities_lock:
+            return _priorities.get((self.device_index, self.stream_id), LEAST_PRIORITY)
+
+    @property
+    def cuda_stream(self) -> int:
+        # The cudaStream_t handle as an integer: 0 for the default stream as in CUDA; other
+        # streams are identified by their emulated id (never dereferenced by anyone).
+        return int(self.stream_id)
+
+    def wait_event(self, event: torch.Event) -> None:
+        event.wait(self)
+
+    def wait_stream(self, stream: torch.Stream) -> None:
+        self.wait_event(stream.record_event())
+
+    def record_event(self, event: torch.Event | None = None) -> torch.Event:
+        # Through event.record: torch.Stream.record_event accepts only exact torch.Event objects.
+        if event is None:
+            event = Event()
+        event.record(self)
+        return event
+
+    def query(self) -> bool:
+        return super().query()
+
+    def synchronize(self) -> None:
+        super().synchronize()
+
+    @property
+    def _as_parameter_(self) -> ctypes.c_void_p:
+        return ctypes.c_void_p(self.cuda_stream)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Stream):
+            return super().__eq__(other)
+        return False
+
+    def __hash__(self) -> int:
+        return hash((self.cuda_stream, self.device))
+
+    def __repr__(self) -> str:
+        return f"<torch.cuda.Stream device={self.device} cuda_stream={self.cuda_stream:#x}>"
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.cuda_stream)
+
+
+class ExternalStream(Stream):
+    r"""A stream allocated elsewhere, identified by its ``cudaStream_t`` value."""
+
+    def __new__(cls, stream_ptr: int, device: Any = None, **kwargs: Any) -> "ExternalStream":
+        with torch.cuda.device(device):
+            index = torch.cuda.current_device()
+        return super().__new__(cls, stream_id=int(stream_ptr), device_index=index, device_type=_CUDA_TYPE_ENUM)
+
+
+class Event(torch.Event):
+    r"""Wrapper around a CUDA event (see ``torch.cuda.Event``); recording stores a host timestamp.
+
+    Args:
+        enable_timing (bool): whether :meth:`elapsed_time` may be used (default ``False``).
+        blocking (bool): whether :meth:`wait` blocks (execution is synchronous either way).
+        interprocess (bool): whether the event may be shared between processes.
+        external (bool): only affects CUDA graph capture; accepted for compatibility.
+    """
+
+    def __new__(
+        cls, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False, external: bool = False
+    ) -> "Event":
+        return super().__new__(
+            cls, device=_TYPE, enable_timing=enable_timing, blocking=blocking, interprocess=interprocess
+        )
+
+    def record(self, stream: torch.Stream | None = None) -> None:
+        if stream is None:
+            stream = torch.cuda.current_stream()
+        super().record(stream)
+
+    def wait(self, stream: torch.Stream | None = None) -> None:
+        if stream is None:
+            stream = torch.cuda.current_stream()
+        super().wait(stream)
+
+    def query(self) -> bool:
+        return super().query()
+
+    def elapsed_time(self, end_event: torch.Event) -> float:
+        # torch.Event raises CUDA's ValueErrors: "Both events must be created with argument
+        # 'enable_timing=True'." / "Both events must be recorded before calculating elapsed time."
+        return super().elapsed_time(end_event)
+
+    def synchronize(self) -> None:
+        super().synchronize()
+
+    @property
+    def device(self) -> torch.device | None:
+        # A CUDA event gets its device when first recorded; before that it has none.
+        device = super().device
+        return device if device is not None and device.index is not None and device.index >= 0 else None
+
+    @property
+    def cuda_event(self) -> int:
+        return int(self.event_id)
+
+    @property
+    def _as_parameter_(self) -> ctypes.c_void_p:
+        return ctypes.c_void_p(self.cuda_event)
+
+    def __repr__(self) -> str:
+        if self.cuda_event:
+            return f"<torch.cuda.Event {self._as_parameter_.value:#x}>"
+        return "<torch.cuda.Event uninitialized>"
+
+
+def _stream_triple(stream: torch.Stream) -> tuple[int, int, int]:
+    return int(stream.stream_id), int(stream.device_index), _CUDA_TYPE_ENUM
+
+
+def apply_patches() -> None:
+    C = torch._C
+    patch = REGISTRY.patch_function
+
+    @patch(C, "_cuda_getCurrentStream", owner=OWNER)
+    def _cuda_getCurrentStream(device: int) -> tuple[int, int, int]:
+        index = _resolve_index(device)
+        _C.check_device(_TYPE, index)
+        # The emulated guard keeps the per-thread, per-device current stream.
+        return _stream_triple(torch._C._accelerator_getStream(index))
+
+    @patch(C, "_cuda_getCurrentRawStream", owner=OWNER)
+    def _cuda_getCurrentRawStream(device: int) -> int:
+        # The cudaStream_t of the current stream as an integer (what Stream.cuda_stream gives).
+        return _cuda_getCurrentStream(device)[0]
+
+    @patch(C, "_cuda_getDefaultStream", owner=OWNER)
+    def _cuda_getDefaultStream(device: int) -> tuple[int, int, int]:
+        index = _resolve_index(device)
+        _C.check_device(_TYPE, index)
+        return 0, index, _CUDA_TYPE_ENUM  # stream id 0 is the default stream (c10::Stream's invariant)
+
+    @patch(C, "_cuda_setStream", owner=OWNER)
+    def _cuda_setStream(stream_id: int, device_index: int, device_type: int) -> None:
+        _C.check_device(_TYPE, int(device_index))
+        # As CUDA's binding: makes the stream current on its device and that device current.
+        stream = torch.Stream(stream_id=int(stream_id), device_index=int(device_index), device_type=int(device_type))
+        torch._C._accelerator_setStream(stream)
+
+    @patch(C, "_cuda_getStreamFromExternal", owner=OWNER)
+    def _cuda_getStreamFromExternal(data_ptr: int, device: int) -> tuple[int, int, int]:
+        index = _resolve_index(device)
+        _C.check_device(_TYPE, index)
+        return int(data_ptr), index, _CUDA_TYPE_ENUM
+
+    # Nothing is ever captured into a CUDA graph here (torch.cuda.CUDAGraph is not emulated).
+    def _cuda_isCurrentStreamCapturing() -> bool:
+        return False
+
+    REGISTRY.patch(C, "_cuda_isCurrentStreamCapturing", _cuda_isCurrentStreamCapturing, owner=OWNER)
+    # torch.cuda.graphs bound the dummy at import (`from torch._C import ...`).
+    REGISTRY.patch(torch.cuda.graphs, "_cuda_isCurrentStreamCapturing", _cuda_isCurrentStreamCapturing, owner=OWNER)
+
+    for module in (torch.cuda, torch.cuda.streams):
+        REGISTRY.patch(module, "Stream", Stream, owner=OWNER)
+        REGISTRY.patch(module, "ExternalStream", ExternalStream, owner=OWNER)
+        REGISTRY.patch(module, "Event", Event, owner=OWNER)
