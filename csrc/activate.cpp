@@ -18,7 +18,7 @@ Activation activate(c10::DeviceType type, int count) {
   // Highest priority: on a CUDA wheel this replaces the CUDA caching allocator.
   c10::SetAllocator(type, &allocator_for(type), /*priority=*/UINT8_MAX);
   Activation result;
-  result.overridden_composites = dispatch::register_dispatch(type);
+  result.fallback_registrations = dispatch::register_dispatch(type);
   if (type == c10::DeviceType::CUDA) {
     result.hooks_route = install_cuda_hooks();
   }

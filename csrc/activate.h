@@ -9,7 +9,7 @@ namespace torchdevice {
 
 struct Activation {
   std::string hooks_route;     // "registry", "vtable" or "" (types without hooks)
-  int overridden_composites;  // composite kernels replaced by the fallback
+  int fallback_registrations;  // ops whose device slot was given the fallback explicitly
 };
 
 // Registers guard, allocator, kernels, fallback and (for CUDA) hooks. Idempotent per type;

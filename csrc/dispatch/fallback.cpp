@@ -79,10 +79,11 @@ class CallState {
     }
   }
 
-  // The device of the op: that of its emulated tensors, else its device argument, else current.
+  // The device of the op's outputs: its device argument (x.to('cuda:1')), else that of its
+  // emulated tensors, else the current device.
   c10::Device device() const {
-    if (tensor_device_) return *tensor_device_;
     if (explicit_device_) return *explicit_device_;
+    if (tensor_device_) return *tensor_device_;
     return c10::Device(kType, current_device(kType));
   }
   bool has_emulated_input() const { return tensor_device_.has_value() || explicit_device_.has_value(); }
@@ -91,7 +92,8 @@ class CallState {
   // A CPU tensor argument: its outputs are never relabelled (they are the caller's CPU tensors).
   bool is_host_input(const at::Tensor& t) const {
     const auto* storage = t.unsafeGetTensorImpl()->has_storage() ? t.storage().unsafeGetStorageImpl() : nullptr;
-    for (const auto* impl : host_inputs_) {
+    for (const auto& input : host_inputs_) {
+      const auto* impl = input.unsafeGetTensorImpl();
       if (impl == t.unsafeGetTensorImpl() || (storage && impl->has_storage() &&
                                               impl->storage().unsafeGetStorageImpl() == storage)) {
         return true;
@@ -121,7 +123,7 @@ class CallState {
 
   void note_cpu(const at::Tensor& t) {
     if (!t.defined() || t.device().type() != c10::DeviceType::CPU) return;
-    host_inputs_.push_back(t.unsafeGetTensorImpl());
+    host_inputs_.push_back(t);
     // CPU scalars (0-dim) mix with device tensors everywhere, as TensorIterator allows.
     if (t.dim() == 0 || accepts_cpu_tensors(op_)) return;
     if (tensor_device_) throw_device_mismatch(*tensor_device_, t.device());
@@ -133,7 +135,8 @@ class CallState {
   std::optional<c10::Device> explicit_device_;
   std::optional<c10::Device> first_device_;
   bool explicit_non_emulated_device_ = false;
-  c10::SmallVector<const c10::TensorImpl*, 4> host_inputs_;
+  // Strong references, so that addresses cannot be reused by outputs (see StandIns).
+  c10::SmallVector<at::Tensor, 4> host_inputs_;
 };
 
 } // namespace

@@ -5,7 +5,7 @@
 
 namespace torchdevice::dispatch {
 
-// Idempotent. Returns how many composite kernels were overridden with the fallback.
+// Idempotent. Returns how many ops were given the fallback explicitly.
 int register_dispatch(c10::DeviceType type);
 
 } // namespace torchdevice::dispatch

@@ -30,18 +30,23 @@ at::Tensor StandIns::make(const at::Tensor& t) {
     storages_.push_back({original, storage});
   }
 
-  auto standin = c10::make_intrusive<c10::TensorImpl>(
-      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), t.dtype());
+  // ZeroTensors (no memory behind them) must stay ZeroTensors; the key can only be given at
+  // construction.
+  auto keys = c10::DispatchKeySet(c10::DispatchKey::CPU);
+  if (t._is_zerotensor()) keys = keys.add(c10::DispatchKey::ZeroTensor);
+  auto standin = c10::make_intrusive<c10::TensorImpl>(std::move(storage), keys, t.dtype());
   standin->set_sizes_and_strides(impl->sizes(), impl->strides(), impl->storage_offset());
+  // Lazy-conjugate/negative views stay lazy: the CPU kernel resolves them as it would on CPU.
   if (t.is_conj()) standin->_set_conj(true);
   if (t.is_neg()) standin->_set_neg(true);
-  tensors_.push_back({standin.get(), t});
-  return at::Tensor(std::move(standin));
+  at::Tensor result(std::move(standin));
+  tensors_.push_back({result, t});
+  return result;
 }
 
 const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
   for (const auto& e : tensors_) {
-    if (e.standin == impl) return &e.original;
+    if (e.standin.unsafeGetTensorImpl() == impl) return &e.original;
   }
   return nullptr;
 }

@@ -31,8 +31,10 @@ class StandIns {
     c10::StorageImpl* original;
     c10::Storage standin;
   };
+  // Strong references: a stand-in freed during the call (its argument list popped) must not
+  // have its address reused by an output and be mistaken for it.
   struct TensorEntry {
-    c10::TensorImpl* standin;
+    at::Tensor standin;
     at::Tensor original;
   };
   c10::SmallVector<StorageEntry, 4> storages_;

@@ -66,7 +66,7 @@ PYBIND11_MODULE(_C, m) {
     auto result = torchdevice::activate(parse_type(type), count);
     py::dict info;
     info["hooks_route"] = result.hooks_route;
-    info["overridden_composites"] = result.overridden_composites;
+    info["fallback_registrations"] = result.fallback_registrations;
     return info;
   }, py::arg("device_type"), py::arg("device_count"));
 
