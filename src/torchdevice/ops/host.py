@@ -145,6 +145,15 @@ def apply_patches() -> None:
     def _cuda_get_sync_debug_mode() -> int:
         return _sync_debug_mode
 
+    # No cuBLAS/cuSOLVER library is loaded (matmuls run on the host BLAS), so there is no
+    # handle to hand out; raising says so instead of inventing a pointer.
+    for name, library in (("_cuda_getCurrentBlasHandle", "cuBLAS"), ("_cuda_getCurrentSolverHandle", "cuSOLVER")):
+        REGISTRY.patch(C, name, _unavailable(name, f"the emulated device has no {library} handle: its kernels run on the host"), owner=OWNER)
+
+    # The pinned host allocator (C++ hooks) keeps no statistics yet.
+    for name in ("_cuda_hostMemoryStats", "_cuda_resetAccumulatedHostMemoryStats", "_cuda_resetPeakHostMemoryStats"):
+        REGISTRY.patch(C, name, _unavailable(name, "pinned host memory statistics are not counted by the emulated device yet"), owner=OWNER)
+
     # NVML sensor readings (torch reads them through pynvml, absent here).
     for name in ("utilization", "memory_usage", "temperature", "power_draw", "clock_rate"):
         REGISTRY.patch(cuda, name, _named_sensor(name), owner=OWNER)
@@ -158,3 +167,11 @@ def _named_sensor(name: str):
     sensor.__name__ = sensor.__qualname__ = name
     sensor.__doc__ = f"``torch.cuda.{name}``: NVML has no emulated counterpart; 0 (see docs/capability-honesty.md)."
     return sensor
+
+
+def _unavailable(name: str, why: str):
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"torchdevice: {why}")
+
+    unavailable.__name__ = unavailable.__qualname__ = name
+    return unavailable

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any
 
 import torch
@@ -152,14 +153,21 @@ class Event(torch.Event):
     def __new__(
         cls, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False, external: bool = False
     ) -> "Event":
-        return super().__new__(
+        event = super().__new__(
             cls, device=_TYPE, enable_timing=enable_timing, blocking=blocking, interprocess=interprocess
         )
+        event._enable_timing = bool(enable_timing)
+        event._recorded_ns = None
+        return event
 
     def record(self, stream: torch.Stream | None = None) -> None:
         if stream is None:
             stream = torch.cuda.current_stream()
         super().record(stream)
+        # Work before the record has completed (synchronous execution): the host clock now is
+        # when the GPU would have reached the event. Kept here because torch.Event's own
+        # elapsed_time accepts only exact torch.Event arguments.
+        self._recorded_ns = time.perf_counter_ns()
 
     def wait(self, stream: torch.Stream | None = None) -> None:
         if stream is None:
@@ -170,9 +178,15 @@ class Event(torch.Event):
         return super().query()
 
     def elapsed_time(self, end_event: torch.Event) -> float:
-        # torch.Event raises CUDA's ValueErrors: "Both events must be created with argument
-        # 'enable_timing=True'." / "Both events must be recorded before calculating elapsed time."
-        return super().elapsed_time(end_event)
+        """Milliseconds between this event's record and ``end_event``'s, with CUDA's checks."""
+        if not isinstance(end_event, Event):
+            return super().elapsed_time(end_event)  # a plain torch.Event: torch's own path
+        # The same checks, in the same order and with the same errors, as CUDAEvent::elapsed_time.
+        if not (self._enable_timing and end_event._enable_timing):
+            raise ValueError("Both events must be created with argument 'enable_timing=True'.")
+        if self._recorded_ns is None or end_event._recorded_ns is None:
+            raise ValueError("Both events must be recorded before calculating elapsed time.")
+        return (end_event._recorded_ns - self._recorded_ns) / 1e6
 
     def synchronize(self) -> None:
         super().synchronize()
