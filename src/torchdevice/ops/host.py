@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.cuda
+import torch.autograd.profiler
 import torch.cuda.nvtx
 
 from torchdevice import _C
@@ -110,6 +111,31 @@ class _Cudart:
         return tuple(_C.mem_get_info(_TYPE, int(device)))  # type: ignore[return-value]
 
 
+class emit_nvtx(torch.autograd.profiler.emit_nvtx):
+    """``torch.autograd.profiler.emit_nvtx`` without the NVTX profiler state.
+
+    torch's C++ profiler refuses ProfilerState.NVTX on a CPU build ("PyTorch was compiled
+    without CUDA"). With no NVTX tool attached, which is always the case here, the ranges it
+    would emit go nowhere on a GPU machine too, so the context keeps its checks and does nothing
+    else.
+    """
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        if self.entered:
+            raise RuntimeError("NVTX annotation context manager is not reentrant")
+        self.entered = True
+        torch.cuda.synchronize()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if not self.enabled:
+            return None
+        torch.cuda.synchronize()
+        return False
+
+
 _sync_debug_mode = 0  # torch.cuda.set_sync_debug_mode: 0 default, 1 warn, 2 error
 
 
@@ -127,6 +153,11 @@ def apply_patches() -> None:
 
     # torch.cuda.nvtx bound `_nvtx` to a stub that raises "NVTX functions not installed".
     REGISTRY.patch(torch.cuda.nvtx, "_nvtx", _NVTX(), owner=OWNER)
+
+    original_emit_nvtx = torch.autograd.profiler.emit_nvtx
+    for module in (torch.autograd.profiler, torch.autograd):
+        if getattr(module, "emit_nvtx", None) is original_emit_nvtx:
+            REGISTRY.patch(module, "emit_nvtx", emit_nvtx, owner=OWNER)
 
     # cudart() returns the module-level _cudart that a CUDA build's _lazy_init loads.
     REGISTRY.patch(cuda, "_cudart", _Cudart(), owner=OWNER)

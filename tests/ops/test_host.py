@@ -1,0 +1,146 @@
+"""Host-side torch.cuda: pinned memory, DataLoader pinning, non_blocking copies, NVTX, cudart,
+IPC and the NVML sensors, checked against what a GPU machine (with no profiler attached) answers.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def test_pin_memory_is_pinned():
+    pinned = torch.randn(4, 4).pin_memory()
+    assert pinned.is_pinned() and pinned.device.type == "cpu"
+    assert pinned[1].is_pinned() and pinned.t().is_pinned()  # views of pinned memory are pinned
+    assert not torch.randn(3).is_pinned()
+    assert torch.empty(3, pin_memory=True).is_pinned()
+    assert torch.zeros(2, pin_memory=True).is_pinned()
+    assert not torch.randn(3, device="cuda").is_pinned()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="native core: pin_memory() of a cuda tensor returns it; CUDA raises "
+    "\"cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned\"",
+)
+def test_pinning_a_cuda_tensor_raises_like_cuda():
+    with pytest.raises(RuntimeError, match="only dense CPU tensors can be pinned"):
+        torch.randn(3, device="cuda").pin_memory()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_pin_memory_then_non_blocking_copy(num_workers):
+    dataset = TensorDataset(torch.arange(40.0).reshape(20, 2), torch.arange(20))
+    loader = DataLoader(dataset, batch_size=8, pin_memory=True, num_workers=num_workers)
+    seen = []
+    for features, labels in loader:
+        assert features.is_pinned() and labels.is_pinned()
+        features = features.cuda(non_blocking=True)
+        labels = labels.to("cuda", non_blocking=True)
+        assert features.device == labels.device == torch.device("cuda", 0)
+        seen.append(labels.cpu())
+    assert torch.equal(torch.cat(seen), torch.arange(20))
+
+
+def test_non_blocking_copies_both_ways():
+    host = torch.arange(6.0).pin_memory()
+    device = host.to("cuda", non_blocking=True)
+    torch.cuda.current_stream().synchronize()
+    assert torch.equal(device.cpu(), host)
+    back = device.to("cpu", non_blocking=True)
+    torch.cuda.synchronize()
+    assert torch.equal(back, host)
+    out = torch.empty(6, device="cuda")
+    out.copy_(host, non_blocking=True)
+    assert torch.equal(out.cpu(), host)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="native core: a non_blocking cuda->cpu copy returns pageable memory; CUDA's _to_copy allocates "
+    "the CPU result pinned (pin_out) so the copy can be asynchronous",
+)
+def test_non_blocking_device_to_host_result_is_pinned():
+    assert torch.ones(4, device="cuda").to("cpu", non_blocking=True).is_pinned()
+
+
+def test_nvtx_answers_as_without_a_profiler():
+    # NVTX with no tool attached: push/pop return NVTX_NO_PUSH_POP_TRACKING (-2), ranges id 0.
+    assert torch.cuda.nvtx.range_push("step") == -2
+    assert torch.cuda.nvtx.range_pop() == -2
+    assert torch.cuda.nvtx.mark("here") is None
+    range_id = torch.cuda.nvtx.range_start("load")
+    assert range_id == 0
+    assert torch.cuda.nvtx.range_end(range_id) is None
+    with torch.cuda.nvtx.range("forward {}", 1):
+        torch.ones(2, device="cuda").sum()
+
+
+def test_emit_nvtx_and_profiler_contexts():
+    with torch.autograd.profiler.emit_nvtx(record_shapes=True):
+        (torch.ones(2, device="cuda") * 2).sum()
+    context = torch.autograd.profiler.emit_nvtx()
+    with context:
+        with pytest.raises(RuntimeError, match="not reentrant"):
+            context.__enter__()
+    with torch.cuda.profiler.profile():
+        torch.ones(2, device="cuda").sum()
+    torch.cuda.profiler.start()
+    torch.cuda.profiler.stop()
+
+
+def test_cudart_and_check_error():
+    cudart = torch.cuda.cudart()
+    assert cudart.cudaProfilerStart() == 0 and cudart.cudaProfilerStop() == 0
+    assert torch.cuda.check_error(0) is None
+    with pytest.raises(torch.cuda.CudaError, match=r"out of memory \(2\)"):
+        torch.cuda.check_error(2)
+    assert cudart.cudaMemGetInfo(0) == torch.cuda.mem_get_info(0)
+
+
+def test_ipc_collect_and_sync_debug_mode():
+    assert torch.cuda.ipc_collect() is None
+    assert torch.cuda.get_sync_debug_mode() == 0
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        assert torch.cuda.get_sync_debug_mode() == 1
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.cuda.get_sync_debug_mode() == 0
+
+
+@pytest.mark.parametrize("name", ["utilization", "memory_usage", "temperature", "power_draw", "clock_rate"])
+def test_nvml_sensors_return_ints(name):
+    sensor = getattr(torch.cuda, name)
+    assert sensor() == 0 and sensor(0) == 0 and sensor("cuda:0") == 0
+    with pytest.raises(torch.AcceleratorError, match="invalid device ordinal"):
+        sensor(9)
+
+
+def test_handles_that_do_not_exist_say_so():
+    with pytest.raises(RuntimeError, match="no cuBLAS handle"):
+        torch.cuda.current_blas_handle()
+    with pytest.raises(RuntimeError, match="no cuSOLVER handle"):
+        torch.cuda.current_solver_handle()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="native core: the pinned host allocator keeps no statistics; torch.cuda.host_memory_stats() "
+    "needs allocations/allocated_bytes/active_* counters from it",
+)
+def test_host_memory_stats():
+    pinned = torch.empty(1024, dtype=torch.uint8).pin_memory()
+    stats = torch.cuda.host_memory_stats()
+    assert stats["allocated_bytes.current"] >= 1024
+    del pinned
+
+
+def test_empty_cache_is_silent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
