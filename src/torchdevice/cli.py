@@ -1,0 +1,359 @@
+"""The ``torchdevice`` command line: ``python -m torchdevice`` or the ``torchdevice`` script.
+
+``torchdevice run script.py [args...]`` runs a CUDA-written script on this machine exactly as
+``python script.py`` would (argv, ``__main__``, ``sys.path[0]``, exit status, tracebacks), with
+torchdevice active. ``torchdevice info`` says what is emulated on what.
+
+Importing this module imports the ``torchdevice`` package first (Python imports a package before
+its submodules), so the native core is loaded and its CUDA hooks registered before torch starts;
+this module adds no import of torch of its own at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import importlib.machinery
+import importlib.util
+import io
+import json
+import os
+import platform
+import runpy
+import sys
+import types
+import zipfile
+from types import TracebackType
+from typing import Any, Callable, NoReturn, Sequence
+
+import torchdevice
+from torchdevice.core import device as _device
+
+PROG = "torchdevice"
+BACKEND_ENV = "TORCH_DEVICE_BACKEND"
+
+# Exit statuses, as CPython uses them for `python script.py`.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with single-line errors: ``torchdevice run: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Run PyTorch code written for CUDA on this machine, unmodified.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {torchdevice.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        help="run a script or module with torchdevice active",
+        description="Run SCRIPT (or -m MODULE) as `python SCRIPT ARGS...` would, with torchdevice active.",
+        usage=f"{PROG} run [--backend BACKEND] (SCRIPT | -m MODULE) [ARGS ...]",
+        allow_abbrev=False,
+    )
+    run.add_argument(
+        "--backend",
+        choices=_device.VALID_BACKENDS,
+        help=f"where kernels run; sets {BACKEND_ENV} (default: the environment's value, else auto)",
+    )
+    run.add_argument("-m", dest="module", metavar="MODULE", help="run library module MODULE as a script")
+    run.add_argument("script", nargs="?", metavar="SCRIPT", help="path of the Python script to run")
+    # ARGS are split off before argparse sees them (see _split_run_argv), so that options meant
+    # for the script (`run train.py --lr 3`, `run -m pkg -v`) never reach this parser.
+    run.set_defaults(handler=_cmd_run)
+
+    info = commands.add_parser(
+        "info",
+        help="show what is emulated on what, the torch build and the emulated devices",
+        description="Show what torchdevice emulates on this machine.",
+        allow_abbrev=False,
+    )
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    info.set_defaults(handler=_cmd_info)
+    # Room for `report` and `bench`: each is one more add_parser(...) with its own handler.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m torchdevice`` and of the ``torchdevice`` console script."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    head, script_args = _split_run_argv(args_in)
+    try:
+        ns = parser.parse_args(head)
+    except SystemExit as exc:  # --help, --version and usage errors exit through argparse
+        return _exit_status(exc.code)
+    if ns.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required: run or info", file=sys.stderr)
+        return EXIT_USAGE
+    ns.args = script_args
+    ns.argv_was_given = argv is not None
+    ns.full_argv = args_in
+    return ns.handler(ns)
+
+
+def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``run ...`` into torchdevice's own options and the target's arguments.
+
+    As with ``python``, the first non-option token (the script), or the operand of ``-m``,
+    ends torchdevice's options; every token after it belongs to the script.
+    """
+    if not argv or argv[0] != "run":
+        return argv, []
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv[: i + 2], argv[i + 2 :]
+        if token == "-m":
+            return argv[: i + 2], argv[i + 2 :]
+        if token.startswith("-m") and not token.startswith("--"):  # -mpkg.module
+            return argv[: i + 1], argv[i + 1 :]
+        if token == "--backend":
+            i += 2
+            continue
+        if token.startswith("-"):  # --backend=cpu, -h, or an unknown option argparse rejects
+            i += 1
+            continue
+        return argv[: i + 1], argv[i + 1 :]
+    return argv, []
+
+
+# --------------------------------------------------------------------------------------- run
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    if ns.module is None and ns.script is None:
+        return _usage_error("run", "the following arguments are required: SCRIPT or -m MODULE")
+    if ns.module is not None and ns.script is not None:
+        return _usage_error("run", "give either SCRIPT or -m MODULE, not both")
+
+    if ns.backend is not None and ns.backend != torchdevice.plan.backend:
+        return _reexec_with_backend(ns)
+
+    if torchdevice.plan.emulated:
+        from torchdevice.core import shutdown
+
+        # Registered before the target runs, so (atexit being LIFO) it runs after the target's
+        # own exit handlers, which may still call backward().
+        shutdown.install(torchdevice.plan.emulated, torchdevice.plan.device_count)
+
+    if ns.module is not None:
+        return _run_module(ns.module, ns.args)
+    return _run_script(ns.script, ns.args)
+
+
+def _reexec_with_backend(ns: argparse.Namespace) -> int:
+    """Start this command again in a process whose ``import torchdevice`` sees ``--backend``.
+
+    The backend is fixed when the package is imported, and Python imports the package before
+    this module: the only way to honour ``--backend`` is a process that has the variable from
+    its start. exec keeps the pid, stdio and exit status, so callers see a single process.
+    """
+    os.environ[BACKEND_ENV] = ns.backend
+    try:
+        _device.plan()  # fails here with one line (e.g. mps on Linux), not deep in an import
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        print(f"{PROG} run: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if ns.argv_was_given:
+        command = [sys.executable, "-m", "torchdevice", *ns.full_argv]
+    else:
+        command = [sys.executable, *sys.orig_argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+    raise AssertionError("os.execv returned")  # pragma: no cover - execv never returns
+
+
+def _run_script(script: str, args: list[str]) -> int:
+    if not os.path.exists(script):
+        abspath = os.path.abspath(script)
+        print(f"{PROG} run: can't open file {abspath!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        return EXIT_USAGE  # what `python missing.py` returns
+    # What `python script.py` sets up: argv[0] as typed and the script's real directory first
+    # on the path. Like python, `run` takes over this process's argv, path and __main__.
+    sys.argv = [script, *args]
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    if os.path.isdir(script) or zipfile.is_zipfile(script):
+        # A directory or zip with __main__.py: runpy implements python's rules for those.
+        return _execute(lambda: runpy.run_path(script, run_name="__main__"))
+    return _execute(lambda: _exec_as_main(os.path.abspath(script)))
+
+
+def _exec_as_main(path: str) -> None:
+    """Execute a source file as the ``__main__`` module, with the globals `python path` gives it.
+
+    Not runpy.run_path: it sets sys.argv[0] and __file__ to the same string, while python keeps
+    argv[0] as typed and makes __file__ (and code filenames in tracebacks) absolute.
+    """
+    module = types.ModuleType("__main__")
+    module.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __package__=None,
+        __spec__=None,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+        __builtins__=builtins,
+        __annotations__={},
+    )
+    with io.open_code(path) as f:
+        source = f.read()
+    # dont_inherit: this module's `from __future__ import annotations` must not leak into the script.
+    code = compile(source, path, "exec", dont_inherit=True)
+    sys.modules["__main__"] = module
+    exec(code, module.__dict__)
+
+
+def _run_module(module: str, args: list[str]) -> int:
+    sys.path[0] = os.getcwd()  # `python -m` puts the working directory first
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:  # a parent package fails to import, or a bad name
+        spec, error = None, f"{exc}"
+    else:
+        error = f"No module named {module}"
+    if spec is None:
+        print(f"{PROG} run: {error}", file=sys.stderr)
+        return EXIT_ERROR  # what `python -m missing` returns
+    # runpy sets sys.argv[0] to the module's file, as `python -m` does.
+    sys.argv = [module, *args]
+    return _execute(lambda: runpy.run_module(module, run_name="__main__", alter_sys=True))
+
+
+def _execute(run: Callable[[], object]) -> int:
+    try:
+        run()
+    except SystemExit as exc:
+        return _exit_status(exc.code, report=True)
+    except KeyboardInterrupt:
+        # Left to the interpreter, which exits by SIGINT as it does for `python script.py`.
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported like the interpreter does, then exit 1
+        # The default hook prints exc.__traceback__, not its tb argument: trim both.
+        tb = _user_traceback(exc.__traceback__)
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without this module's frames: what `python script.py` would show.
+
+    runpy's frames stay for `-m` and directories, as python shows them there too.
+    """
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def _exit_status(code: Any, report: bool = False) -> int:
+    """CPython's handling of SystemExit: None is 0, an int is itself, anything else is printed and 1."""
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    if report:
+        print(code, file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _usage_error(command: str, message: str) -> int:
+    print(f"{PROG} {command}: error: {message} (see '{PROG} {command} --help')", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# -------------------------------------------------------------------------------------- info
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``torchdevice info`` reports, as plain data."""
+    import torch
+
+    plan = torchdevice.plan
+    cuda_build = _device.torch_has_cuda_build()
+    devices = []
+    for device_type in plan.emulated:
+        module = getattr(torch, device_type)
+        for index in range(module.device_count()):
+            props = module.get_device_properties(index)
+            devices.append(
+                {
+                    "device": f"{device_type}:{index}",
+                    "name": props.name,
+                    "capability": [props.major, props.minor],
+                    "total_memory": int(props.total_memory),
+                    "multi_processor_count": int(props.multi_processor_count),
+                }
+            )
+    return {
+        "torchdevice": {"version": torchdevice.__version__, "location": os.path.dirname(torchdevice.__file__)},
+        "plan": {
+            "backend": plan.backend,
+            "runner": plan.runner,
+            "emulated": list(plan.emulated),
+            "device_count": plan.device_count,
+        },
+        "activation": dict(torchdevice.activation),
+        "torch": {
+            "version": torch.__version__,
+            # torchdevice makes torch.backends.cuda.is_built() answer True, so ask the install.
+            "build": "cuda" if cuda_build else "cpu",
+            "cuda_version": torch.version.cuda,
+        },
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "environment": {
+            name: os.environ.get(name)
+            for name in (BACKEND_ENV, "TORCHDEVICE_DEVICE_COUNT", "CUDA_VISIBLE_DEVICES", "TORCHDEVICE_LOG_LEVEL")
+        },
+        "devices": devices,
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    plan, torch_info, activation = info["plan"], info["torch"], info["activation"]
+    emulated = ", ".join(f"{t} x{plan['device_count']}" for t in plan["emulated"]) or "nothing"
+    build = "CUDA build" if torch_info["build"] == "cuda" else "CPU build"
+    if torch_info["cuda_version"]:
+        build += f", CUDA {torch_info['cuda_version']}"
+    lines = [
+        f"torchdevice {info['torchdevice']['version']}",
+        f"  backend      {plan['backend']} (kernels run on {plan['runner']})",
+        f"  emulated     {emulated}",
+        f"  hooks route  {activation.get('hooks_route', 'none (nothing emulated)')}",
+        f"torch {torch_info['version']} ({build})",
+        f"python {info['python']['version']} ({info['python']['executable']})",
+    ]
+    set_env = {k: v for k, v in info["environment"].items() if v is not None}
+    if set_env:
+        lines.append("environment")
+        lines.extend(f"  {k}={v!r}" for k, v in set_env.items())
+    if info["devices"]:
+        lines.append("devices")
+    for dev in info["devices"]:
+        major, minor = dev["capability"]
+        lines.append(
+            f"  {dev['device']}  {dev['name']}  capability {major}.{minor}  "
+            f"{dev['total_memory'] // 2**20} MiB  {dev['multi_processor_count']} SMs"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_info(ns: argparse.Namespace) -> int:
+    info = collect_info()
+    print(json.dumps(info, indent=2) if ns.json else format_info(info))
+    return EXIT_OK
+
+
+__all__ = ["build_parser", "collect_info", "format_info", "main"]
