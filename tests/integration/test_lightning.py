@@ -1,0 +1,53 @@
+"""Lightning: Trainer(accelerator="gpu", devices=1) trains on the emulated GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.integration.conftest import require
+
+L = require("lightning")
+
+
+class _Regressor(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+        self.batch_devices: set[str] = set()
+        self.autocast_dtypes: set[torch.dtype] = set()
+        self.weight_devices: set[str] = set()
+
+    def training_step(self, batch, batch_idx):
+        features, targets = batch
+        self.batch_devices.add(str(features.device))
+        self.weight_devices.add(str(self.layer.weight.device))
+        prediction = self.layer(features)
+        self.autocast_dtypes.add(prediction.dtype)
+        return torch.nn.functional.mse_loss(prediction.float(), targets)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_on_gpu(tmp_path):
+    dataset = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+    module = _Regressor()
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_steps=6,
+        precision="bf16-mixed",
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    assert trainer.global_step == 6
+    assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
+    assert trainer.strategy.root_device == torch.device("cuda", 0)
+    assert module.batch_devices == {"cuda:0"}
+    assert module.autocast_dtypes == {torch.bfloat16}
+    assert module.weight_devices == {"cuda:0"}  # (teardown moves the module back to the CPU, as on a GPU)
