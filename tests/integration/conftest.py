@@ -2,7 +2,7 @@
 
 Marked ``integration``; the libraries are pinned in requirements-integration.txt and installed
 with ``pip install -c constraints-integration.txt -r requirements-integration.txt`` so pip never
-replaces torch. A library that is not installed skips its tests (with the install command).
+replaces torch. A library that is not installed skips its tests (the reason names the install command).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import pytest
 import torchdevice  # noqa: F401  - activates the emulated device before the libraries import torch
 import torch
 
-INSTALL_HINT = "pip install -c constraints-integration.txt -r requirements-integration.txt"
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: runs a real third-party library on the emulated GPU")
 
@@ -25,11 +22,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.integration)
-
-
-def require(module: str):
-    """Import a library under test, or skip with how to install it."""
-    return pytest.importorskip(module, reason=f"{module} is not installed; {INSTALL_HINT}")
 
 
 @pytest.fixture

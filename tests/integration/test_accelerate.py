@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.integration.conftest import require
-
-accelerate = require("accelerate")
+accelerate = pytest.importorskip(
+    "accelerate", reason="accelerate is not installed: pip install -c constraints-integration.txt -r requirements-integration.txt"
+)
 
 
 @pytest.fixture

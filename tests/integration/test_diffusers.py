@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from tests.integration.conftest import require
-
-diffusers = require("diffusers")
+diffusers = pytest.importorskip(
+    "diffusers", reason="diffusers is not installed: pip install -c constraints-integration.txt -r requirements-integration.txt"
+)
 
 
 def _tiny_pipeline():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.integration.conftest import require
-
-L = require("lightning")
+L = pytest.importorskip(
+    "lightning", reason="lightning is not installed: pip install -c constraints-integration.txt -r requirements-integration.txt"
+)
 
 
 class _Regressor(L.LightningModule):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.integration.conftest import require
-
-transformers = require("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed: pip install -c constraints-integration.txt -r requirements-integration.txt"
+)
 
 
 def _tiny_llama():
