@@ -177,9 +177,9 @@ def test_cuda_storage_resize():
     assert storage.nbytes() == 32
 
 
-def test_two_devices(run_python, tmp_path):
+def test_two_devices(run_snippet, tmp_path):
     path = tmp_path / "two.pt"
-    out = run_python(
+    out = run_snippet(
         f"""
         torch.save({{"a": torch.ones(2, device="cuda:1"), "b": torch.ones(2, device="cuda:0")}}, {str(path)!r})
         d = torch.load({str(path)!r})

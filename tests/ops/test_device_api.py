@@ -62,8 +62,8 @@ def test_capability_answers():
     assert torch.cuda._is_compiled() is True
 
 
-def test_older_capability_follows_cudas_bf16_rule(run_python):
-    out = run_python(
+def test_older_capability_follows_cudas_bf16_rule(run_snippet):
+    out = run_snippet(
         """
         print(torch.cuda.get_device_capability(), torch.cuda.get_arch_list())
         print(torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported(including_emulation=False))
@@ -116,8 +116,8 @@ def test_device_queries():
     assert torch.cuda.synchronize() is None
 
 
-def test_peer_access_between_two_devices(run_python):
-    out = run_python(
+def test_peer_access_between_two_devices(run_snippet):
+    out = run_snippet(
         """
         print(torch.cuda.can_device_access_peer(0, 1), torch.cuda.can_device_access_peer(1, 0))
         with torch.cuda.device(1):
@@ -128,8 +128,8 @@ def test_peer_access_between_two_devices(run_python):
     assert out.splitlines() == ["True True", "1 1"]
 
 
-def test_no_device_answers_like_a_machine_without_gpus(run_python):
-    out = run_python(
+def test_no_device_answers_like_a_machine_without_gpus(run_snippet):
+    out = run_snippet(
         """
         print(torch.cuda.is_available(), torch.cuda.device_count(), torch.cuda.get_arch_list())
         print(torch.cuda.is_bf16_supported(), torch.cuda.memory_allocated())

@@ -235,8 +235,8 @@ def test_counters_return_to_baseline_after_1000_training_steps(cuda_memory_basel
     assert torch.cuda.memory_stats()["active.all.current"] == torch.cuda.memory_stats()["allocation.all.current"]
 
 
-def test_counters_are_per_device(run_python):
-    out = run_python(
+def test_counters_are_per_device(run_snippet):
+    out = run_snippet(
         """
         MiB = 1024 * 1024
         base0, base1 = torch.cuda.memory_allocated(0), torch.cuda.memory_allocated(1)

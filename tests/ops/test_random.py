@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# Random ops on cuda tensors. The flag says whether the op's own schema has a generator argument.
+# Random ops on cuda tensors, with and without a generator argument in the op's schema.
 RANDOM_OPS = {
     "normal_": lambda: torch.empty(64, device="cuda").normal_(),
     "uniform_": lambda: torch.empty(64, device="cuda").uniform_(),
@@ -31,7 +31,7 @@ RANDOM_OPS = {
     "dropout2d (bernoulli_)": lambda: F.dropout2d(torch.ones(1, 64, 2, 2, device="cuda"), 0.5, training=True),
     "alpha_dropout (bernoulli_)": lambda: F.alpha_dropout(torch.ones(64, device="cuda"), 0.5, training=True),
     "nn.init.kaiming_uniform_": lambda: torch.nn.init.kaiming_uniform_(torch.empty(8, 8, device="cuda")),
-    # The default overloads of these factories and of native_dropout have no generator argument.
+    # No generator argument: the default overloads of these factories, and native_dropout.
     "randn": lambda: torch.randn(64, device="cuda"),
     "rand": lambda: torch.rand(64, device="cuda"),
     "randint": lambda: torch.randint(0, 1000, (64,), device="cuda"),
@@ -42,30 +42,7 @@ RANDOM_OPS = {
     "dropout (native_dropout)": lambda: F.dropout(torch.ones(64, device="cuda"), 0.5, training=True),
 }
 
-CPU_GENERATOR_OPS = {
-    "randn",
-    "rand",
-    "randint",
-    "randperm",
-    "randn_like",
-    "rand_like",
-    "randint_like",
-    "dropout (native_dropout)",
-}
-_CPU_DRAW_REASON = (
-    "native core: aten::{randn,rand,randint,randperm,randn_like,rand_like,randint_like} (default overloads, "
-    "no Generator? argument) and aten::native_dropout run their CPU kernels with the CPU default generator; "
-    "they must draw from the emulated cuda generator of the tensor's device"
-)
-
-
-def _isolation_params():
-    for name in RANDOM_OPS:
-        marks = [pytest.mark.xfail(strict=True, reason=_CPU_DRAW_REASON)] if name in CPU_GENERATOR_OPS else []
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", list(_isolation_params()))
+@pytest.mark.parametrize("name", list(RANDOM_OPS))
 def test_cuda_draws_are_isolated_from_the_cpu_generator(name):
     op = RANDOM_OPS[name]
 
@@ -145,11 +122,6 @@ def test_cuda_generator_objects():
     assert torch.equal(x, torch.rand(4, device="cuda", generator=g))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: a CPU generator passed to a cuda random op is accepted; CUDA raises "
-    "\"Expected a 'cuda' device type for generator but found 'cpu'\"",
-)
 def test_cpu_generator_on_a_cuda_op_raises_like_cuda():
     with pytest.raises(RuntimeError, match="Expected a 'cuda' device type for generator but found 'cpu'"):
         torch.randn(2, device="cuda", generator=torch.Generator())
@@ -164,9 +136,9 @@ def test_fork_rng_restores_the_cuda_state():
     assert torch.equal(expected, torch.empty(8, device="cuda").normal_())
 
 
-def test_seeding_before_initialisation_is_deferred(run_python):
+def test_seeding_before_initialisation_is_deferred(run_snippet):
     # torch.cuda.manual_seed before any cuda use queues the call; the seed applies at init.
-    out = run_python(
+    out = run_snippet(
         """
         torch.cuda.manual_seed_all(321)
         print(torch.cuda.initial_seed(), [g.initial_seed() for g in torch.cuda.default_generators])
@@ -176,8 +148,8 @@ def test_seeding_before_initialisation_is_deferred(run_python):
     assert out.strip() == "321 [321, 321]"
 
 
-def test_per_device_states(run_python):
-    out = run_python(
+def test_per_device_states(run_snippet):
+    out = run_snippet(
         """
         torch.cuda.manual_seed_all(1)
         states = torch.cuda.get_rng_state_all()

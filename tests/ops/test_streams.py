@@ -98,8 +98,8 @@ def test_current_stream_is_per_thread():
     assert seen["stream"] == torch.cuda.default_stream()
 
 
-def test_current_stream_is_per_device(run_python):
-    out = run_python(
+def test_current_stream_is_per_device(run_snippet):
+    out = run_snippet(
         """
         s1 = torch.cuda.Stream(device=1)
         print(s1.device)

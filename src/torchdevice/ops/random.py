@@ -7,10 +7,10 @@ emulated generators, and find the current device through the ``torch._C._cuda_ge
 binding (ops.device). ``torch.manual_seed``/``torch.seed`` reach them through
 ``torch.cuda.manual_seed_all``, and ``torch.Generator('cuda')`` is created by the C++ hooks.
 
-Known gaps live in the native core and are tracked by strict xfails in tests/ops/test_random.py:
-factory ops whose default overload has no generator argument (``randn``, ``rand``, ``randint``,
-``randperm``, ``*_like``) and ``native_dropout`` draw from the CPU generator; the emulated
-generator has no Philox offset (``torch.cuda._get_rng_state_offset``).
+Ops without a generator argument (``randn``'s default overload, ``native_dropout``...) are
+routed to the device's generator by the native core. Known gaps, tracked by strict xfails in
+tests/ops/test_random.py: the emulated generator has no Philox offset
+(``torch.cuda._get_rng_state_offset``) and its state is not CUDA's 16-byte layout.
 """
 
 from __future__ import annotations
