@@ -4,6 +4,7 @@
 #include "runtime/device.h"
 #include "runtime/generator.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/ivalue.h>
 #include <c10/util/Exception.h>
 
@@ -173,20 +174,33 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
     }
   }
 
+  // Random ops draw from the emulated device's generators, never from the CPU's. Seeded-random
+  // ops can also draw from the CPU default generator inside their CPU kernel (native_dropout;
+  // composites calling random ops with generator=None): during the call that generator carries
+  // the device's default stream, and arguments naming the device's default generator use it.
+  std::optional<DefaultGeneratorRedirect> redirect;
   if (call.has_emulated_input()) {
-    // Random ops draw from the emulated device's generator, never from the CPU's.
+    const at::Generator& device_default = default_generator(kType, call.device().index());
+    if (op.hasTag(at::Tag::nondeterministic_seeded)) {
+      redirect.emplace(host_generator_of(device_default));
+    }
     for (size_t i = 0; i < num_args; ++i) {
       c10::IValue& v = (*stack)[first_arg + i];
       if (v.isGenerator()) {
         const auto& gen = v.toGenerator();
-        if (gen.device().type() == kType) v = host_generator_of(gen);
-      } else if (v.isNone() && is_optional_generator(args[i])) {
-        v = host_generator_of(default_generator(kType, call.device().index()));
+        // check_generator's words in a CUDA kernel handed a CPU generator.
+        TORCH_CHECK(gen.device().type() == kType, "Expected a '", c10::DeviceTypeName(kType, /*lower_case=*/true),
+                    "' device type for generator but found '", c10::DeviceTypeName(gen.device().type(), true), "'");
+        const bool is_default = gen.unsafeGetGeneratorImpl() == device_default.unsafeGetGeneratorImpl();
+        v = redirect && is_default ? at::detail::getDefaultCPUGenerator() : host_generator_of(gen);
+      } else if (!redirect && v.isNone() && is_optional_generator(args[i])) {
+        v = host_generator_of(device_default);
       }
     }
   }
 
   op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  redirect.reset();
 
   for (const auto& [standin, original] : mutated) {
     call.standins.sync_back(standin, original);

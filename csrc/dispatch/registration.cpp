@@ -6,8 +6,11 @@
 
 #include <torch/library.h>
 
+#include <c10/util/Exception.h>
+
 #include <algorithm>
 #include <mutex>
+#include <unordered_set>
 
 namespace torchdevice::dispatch {
 namespace {
@@ -25,18 +28,22 @@ int mirror_cpu_table(torch::Library& lib) {
   constexpr auto key = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto& explicit_names = explicit_kernel_names();
+  // On a CUDA build of torch the device key already holds real CUDA kernels; each would be handed
+  // host pointers, so every aten one is replaced as well (CUDA-only ops then fail cleanly in the
+  // fallback instead of launching a kernel). Kernels of other namespaces (c10d, ...) stay.
+  std::unordered_set<std::string> done;
   int count = 0;
-  for (auto source : {c10::DispatchKey::CPU, c10::DispatchKey::CompositeExplicitAutogradNonFunctional,
+  for (auto source : {key, c10::DispatchKey::CPU, c10::DispatchKey::CompositeExplicitAutogradNonFunctional,
                       c10::DispatchKey::CompositeExplicitAutograd}) {
     for (const auto& name : dispatcher.getRegistrationsForDispatchKey(source)) {
       if (name.name.rfind("aten::", 0) != 0) continue;
-      auto op = dispatcher.findOp(name);
-      // Ops with a kernel of their own for this key (or one we registered from an earlier
-      // source list) keep it.
-      if (!op || op->hasKernelForDispatchKey(key)) continue;
       std::string short_name = name.name.substr(6);
       if (!name.overload_name.empty()) short_name += "." + name.overload_name;
-      if (std::find(explicit_names.begin(), explicit_names.end(), short_name) != explicit_names.end()) continue;
+      if (done.count(short_name) ||
+          std::find(explicit_names.begin(), explicit_names.end(), short_name) != explicit_names.end()) {
+        continue;
+      }
+      done.insert(short_name);
       lib.impl(short_name.c_str(), torch::CppFunction::makeFromBoxedFunction<&emulated_fallback<kType>>());
       ++count;
     }
@@ -44,15 +51,24 @@ int mirror_cpu_table(torch::Library& lib) {
   return count;
 }
 
+// Replacing real CUDA kernels is intended here; the dispatcher's "Overriding a previously
+// registered kernel" warning would only alarm users.
+class SilentWarnings : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& /*warning*/) override {}
+};
+
 template <c10::DeviceType kType>
 int register_for() {
   constexpr auto key = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
   // Libraries live as long as the process: their destructors would deregister the kernels.
   auto* fallback = new torch::Library(torch::Library::IMPL, "_", key, __FILE__, __LINE__);
   fallback->fallback(torch::CppFunction::makeFromBoxedFunction<&emulated_fallback<kType>>());
+  SilentWarnings silent;
+  c10::WarningUtils::WarningHandlerGuard quiet(&silent);
   auto* aten = new torch::Library(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
   const int overridden = mirror_cpu_table<kType>(*aten);
-  register_kernels<kType>(*aten);
+  register_kernels<kType>(*aten);  // after the mirror: the last registration for a key wins
   register_host_routes<kType>();
   return overridden;
 }

@@ -58,6 +58,32 @@ EmulatedGenerator* EmulatedGenerator::clone_impl() const {
   return copy;
 }
 
+DefaultGeneratorRedirect::DefaultGeneratorRedirect(const at::Generator& host_gen) : host_(host_gen) {
+  swap_states();
+}
+
+DefaultGeneratorRedirect::~DefaultGeneratorRedirect() {
+  swap_states();
+}
+
+void DefaultGeneratorRedirect::swap_states() {
+  const at::Generator& cpu_default = at::detail::getDefaultCPUGenerator();
+  if (cpu_default.unsafeGetGeneratorImpl() == host_.unsafeGetGeneratorImpl()) return;
+  // Never hold these locks across a kernel: CPU kernels take the generator's mutex themselves.
+  std::scoped_lock lock(const_cast<at::Generator&>(cpu_default).mutex(), host_.mutex());
+  auto* a = at::check_generator<at::CPUGeneratorImpl>(cpu_default);
+  auto* b = at::check_generator<at::CPUGeneratorImpl>(host_);
+  const auto engine = a->engine();
+  const auto next_float = a->next_float_normal_sample();
+  const auto next_double = a->next_double_normal_sample();
+  a->set_engine(b->engine());
+  a->set_next_float_normal_sample(b->next_float_normal_sample());
+  a->set_next_double_normal_sample(b->next_double_normal_sample());
+  b->set_engine(engine);
+  b->set_next_float_normal_sample(next_float);
+  b->set_next_double_normal_sample(next_double);
+}
+
 const at::Generator& default_generator(c10::DeviceType type, c10::DeviceIndex index) {
   constexpr int kMaxDevices = 64;
   static std::once_flag flags[2][kMaxDevices];

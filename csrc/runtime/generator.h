@@ -31,6 +31,23 @@ class EmulatedGenerator final : public c10::GeneratorImpl {
   mutable at::Generator host_;  // mutable: its mutex is taken in const accessors
 };
 
+// While alive, the CPU default generator holds `gen`'s state (and `gen` is parked), so CPU
+// kernels that draw from the default generator without taking a generator argument
+// (native_dropout, and composites that call random ops with generator=None) draw from the
+// emulated device's stream. On destruction the states are swapped back. A CPU random op on
+// another thread during that window would draw from the device stream: documented limitation.
+class DefaultGeneratorRedirect {
+ public:
+  explicit DefaultGeneratorRedirect(const at::Generator& host_gen);
+  ~DefaultGeneratorRedirect();
+  DefaultGeneratorRedirect(const DefaultGeneratorRedirect&) = delete;
+  DefaultGeneratorRedirect& operator=(const DefaultGeneratorRedirect&) = delete;
+
+ private:
+  void swap_states();
+  at::Generator host_;
+};
+
 // Default generator of device `index` (-1: current device), created on first use.
 const at::Generator& default_generator(c10::DeviceType type, c10::DeviceIndex index);
 at::Generator new_generator(c10::DeviceType type, c10::DeviceIndex index);

@@ -16,8 +16,10 @@ from torchdevice.core.logger import logger as _logger
 
 _configure_logging()
 plan = _device.plan()
-# Before torch exists, so torch picks our CUDA hooks from its own registry.
-_hooks_preloaded = plan.emulates_cuda and _native.preload()
+# Before torch exists, so torch picks our CUDA hooks from its own registry. Not on a CUDA build
+# of torch: there its real hooks register too, and the registry would print a warning about the
+# duplicate; the hooks object is taken over after import instead.
+_hooks_preloaded = plan.emulates_cuda and not _device.torch_has_cuda_build() and _native.preload()
 
 import torch  # noqa: E402
 

@@ -1,0 +1,84 @@
+"""The boxed fallback keeps CUDA semantics: devices, views, in-place, out=, resizing."""
+
+import pytest
+import torch
+
+
+def test_outputs_are_cuda_and_equal_cpu():
+    a, b = torch.randn(5, 7), torch.randn(7, 3)
+    out = a.cuda() @ b.cuda()
+    assert out.is_cuda and out.device == torch.device("cuda", 0)
+    assert out.untyped_storage().device.type == "cuda"
+    assert torch.equal(out.cpu(), a @ b)
+
+
+def test_inplace_returns_same_object():
+    x = torch.randn(4).cuda()
+    y = x.add_(1)
+    assert y is x and x.is_cuda
+
+
+def test_out_argument_is_filled_and_resized():
+    out = torch.empty(0, device="cuda")
+    torch.add(torch.ones(3, device="cuda"), 1, out=out)
+    assert out.shape == (3,) and out.is_cuda
+    assert torch.equal(out.cpu(), torch.full((3,), 2.0))
+
+
+def test_views_share_memory_with_base():
+    x = torch.zeros(4, 4, device="cuda")
+    v = x[1:3, ::2]
+    v.fill_(1)
+    assert v.is_cuda and v._base is x
+    assert x.sum().item() == 4
+    assert v.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+def test_resize_keeps_existing_views_consistent():
+    x = torch.arange(4.0, device="cuda")
+    x.resize_(100)
+    assert x.shape == (100,) and x.is_cuda
+    assert torch.equal(x[:4].cpu(), torch.arange(4.0))
+
+
+def test_mixed_cpu_and_cuda_raise_like_cuda():
+    with pytest.raises(RuntimeError, match=r"Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!"):
+        torch.ones(3, device="cuda") + torch.ones(3)
+
+
+def test_cpu_scalar_tensors_mix_with_cuda():
+    out = torch.ones(3, device="cuda") * torch.tensor(2.0)
+    assert out.is_cuda and torch.equal(out.cpu(), torch.full((3,), 2.0))
+
+
+def test_cpu_indices_allowed_for_indexing():
+    x = torch.arange(10.0, device="cuda")
+    assert torch.equal(x[torch.tensor([1, 3])].cpu(), torch.tensor([1.0, 3.0]))
+    x[torch.tensor([0])] = 5.0
+    assert x[0].item() == 5.0
+
+
+def test_invalid_ordinal_raises_accelerator_error():
+    with pytest.raises(torch.AcceleratorError, match="CUDA error: invalid device ordinal"):
+        torch.ones(1, device="cuda:7")
+
+
+def test_numpy_on_cuda_raises_like_cuda():
+    with pytest.raises(TypeError, match="can't convert cuda:0 device type tensor to numpy"):
+        torch.ones(2, device="cuda").numpy()
+
+
+def test_memory_counts_follow_tensor_lifetime():
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    x = torch.empty(1024, device="cuda")  # factory
+    y = x + 1  # output made by a CPU kernel, adopted by the device allocator
+    assert torch.cuda.memory_allocated() == before + 2 * 4096
+    del x, y
+    assert torch.cuda.memory_allocated() == before
+
+
+def test_to_other_device_and_back():
+    x = torch.randn(3)
+    assert torch.equal(x.cuda().cpu(), x)
+    assert x.to("cuda", torch.float64).dtype == torch.float64
