@@ -1,0 +1,160 @@
+"""Backend and device-count selection (torchdevice.core.device), from the environment."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from torchdevice.core import device
+from tests.conftest import TORCHDEVICE_ENV, describe
+
+
+@pytest.fixture(autouse=True)
+def _no_torchdevice_env(monkeypatch):
+    for name in TORCHDEVICE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+# ---------------------------------------------------------------------- TORCH_DEVICE_BACKEND
+
+
+@pytest.mark.parametrize(("value", "expected"), [("cpu", "cpu"), (" CPU ", "cpu"), ("auto", "auto"), ("", "auto")])
+def test_requested_backend(monkeypatch, value, expected):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", value)
+    assert device.requested_backend() == expected
+
+
+def test_requested_backend_defaults_to_auto():
+    assert device.requested_backend() == "auto"
+
+
+def test_invalid_backend_names_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", "tpu")
+    with pytest.raises(ValueError, match=r"TORCH_DEVICE_BACKEND='tpu' is not a valid backend; choose one of: auto, cpu, mps, cuda"):
+        device.requested_backend()
+
+
+def test_invalid_backend_fails_import(run_code):
+    proc = run_code("import torchdevice", env={"TORCH_DEVICE_BACKEND": "tpu"})
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "ValueError: TORCH_DEVICE_BACKEND='tpu' is not a valid backend; choose one of: auto, cpu, mps, cuda"
+    )
+
+
+def test_plan_cpu_backend(monkeypatch):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", "cpu")
+    assert device.plan() == device.Plan("cpu", "cpu", ("cuda",), 1)
+
+
+def test_plan_auto_without_gpu_emulates_cuda_on_cpu(monkeypatch):
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(device, "real_mps_available", lambda: False)
+    plan = device.plan()
+    assert plan == device.Plan("auto", "cpu", ("cuda",), 1)
+    assert plan.emulates_cuda
+
+
+def test_plan_auto_with_a_real_gpu_emulates_nothing(monkeypatch):
+    monkeypatch.setattr(device, "torch_has_cuda_build", lambda: True)
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 2)
+    plan = device.plan()
+    assert plan == device.Plan("auto", "cuda", (), 0)
+    assert not plan.emulates_cuda
+
+
+def test_plan_mps_without_apple_silicon(monkeypatch):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", "mps")
+    monkeypatch.setattr(device, "real_mps_available", lambda: False)
+    with pytest.raises(RuntimeError, match="TORCH_DEVICE_BACKEND=mps runs kernels on Apple's MPS"):
+        device.plan()
+
+
+def test_plan_cuda_without_gpu(monkeypatch):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", "cuda")
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="TORCH_DEVICE_BACKEND=cuda runs kernels on a real NVIDIA GPU"):
+        device.plan()
+
+
+def test_no_driver_means_no_real_gpu():
+    # This machine has no NVIDIA driver; the probe must answer 0, not raise.
+    assert device.real_cuda_device_count() == 0
+
+
+# -------------------------------------------- TORCHDEVICE_DEVICE_COUNT and CUDA_VISIBLE_DEVICES
+
+
+@pytest.mark.parametrize(
+    ("count", "visible", "expected"),
+    [
+        (None, None, 1),
+        ("2", None, 2),
+        ("0", None, 0),
+        (" 3 ", None, 3),
+        ("2", "1", 1),
+        ("2", "", 0),
+        ("2", "0,5", 1),  # parsing stops at the first ordinal that does not exist
+        ("2", "1,0", 2),
+        ("4", "0,1,-1,2", 2),  # ... or is not a non-negative integer
+        ("2", "0,0", 1),  # ... or repeats
+        ("2", " 1 , 0 ", 2),
+        ("2", "GPU-8e6bd1f3", 0),  # UUIDs name real GPUs; an emulated device has none
+        (None, "0", 1),
+        (None, "1", 0),
+    ],
+)
+def test_emulated_device_count(monkeypatch, count, visible, expected):
+    if count is not None:
+        monkeypatch.setenv("TORCHDEVICE_DEVICE_COUNT", count)
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert device.emulated_device_count() == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [("two", "is not an integer"), ("65", "out of range"), ("-1", "out of range")])
+def test_bad_device_count(monkeypatch, value, message):
+    monkeypatch.setenv("TORCHDEVICE_DEVICE_COUNT", value)
+    with pytest.raises(ValueError, match=f"TORCHDEVICE_DEVICE_COUNT=.*{message}"):
+        device.emulated_device_count()
+
+
+DEVICE_REPORT = """
+import json, torch, torchdevice
+print(json.dumps({"count": torch.cuda.device_count(), "available": torch.cuda.is_available(),
+                  "plan_count": torchdevice.plan.device_count}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "count"),
+    [
+        ({"TORCHDEVICE_DEVICE_COUNT": "2"}, 2),
+        ({"CUDA_VISIBLE_DEVICES": "1", "TORCHDEVICE_DEVICE_COUNT": "2"}, 1),
+        ({"CUDA_VISIBLE_DEVICES": "1"}, 0),
+        ({"CUDA_VISIBLE_DEVICES": ""}, 0),
+        ({"CUDA_VISIBLE_DEVICES": "0,5", "TORCHDEVICE_DEVICE_COUNT": "2"}, 1),
+    ],
+    ids=["count-2", "visible-1-of-2", "visible-1-of-1", "visible-none", "visible-0,5-of-2"],
+)
+def test_torch_cuda_device_count_follows_environment(run_code, env, count):
+    proc = run_code("import torchdevice\n" + DEVICE_REPORT, env=env)
+    assert proc.returncode == 0, describe(proc)
+    report = json.loads(proc.stdout)
+    assert report == {"count": count, "available": count > 0, "plan_count": count}
+
+
+def test_no_visible_device_fails_like_cuda(run_code):
+    proc = run_code(
+        """
+        import torchdevice, torch
+        try:
+            torch.ones(1, device="cuda")
+        except RuntimeError as exc:
+            print(type(exc).__name__, exc)
+        """,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.strip() == "RuntimeError No CUDA GPUs are available"
