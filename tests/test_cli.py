@@ -1,0 +1,306 @@
+"""``torchdevice run`` / ``info``: each run in a fresh interpreter, compared with plain ``python``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import torch
+import torchdevice
+from torchdevice import cli
+from tests.conftest import describe
+
+REPORT_SCRIPT = """\
+import json, os, sys
+import torch
+import torchdevice
+print(json.dumps({
+    "argv": sys.argv,
+    "name": __name__,
+    "file": __file__,
+    "path0": sys.path[0],
+    "main_is_me": sys.modules["__main__"].__dict__ is globals(),
+    "backend_env": os.environ.get("TORCH_DEVICE_BACKEND"),
+    "plan_backend": torchdevice.plan.backend,
+    "hooks_route": torchdevice.activation.get("hooks_route"),
+    "is_cuda": torch.ones(2, device="cuda").is_cuda,
+}))
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def last_json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def test_run_passes_argv_name_path_and_file_like_python(tmp_path, run_cli, run_python):
+    script = write(tmp_path / "sub" / "report.py", REPORT_SCRIPT)
+    args = ["sub/report.py", "a b", "--lr", "3", "-m", "x", "--backend", "y"]
+    ours = run_cli(["run", *args], cwd=tmp_path)
+    assert ours.returncode == 0, describe(ours)
+    report = last_json_line(ours.stdout)
+    assert report["argv"] == args
+    assert report["name"] == "__main__"
+    assert report["file"] == str(script)
+    assert report["path0"] == str(script.parent)
+    assert report["main_is_me"] is True
+    assert report["is_cuda"] is True
+
+    plain = run_python(args, cwd=tmp_path)  # the same script under python itself
+    assert plain.returncode == 0, describe(plain)
+    reference = last_json_line(plain.stdout)
+    for key in ("argv", "name", "file", "path0", "main_is_me"):
+        assert report[key] == reference[key], key
+
+
+def test_run_imports_torchdevice_before_torch(tmp_path, run_cli):
+    """The script's `import torch` comes after the CLI's `import torchdevice`: the hooks registry route."""
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "report.py"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert last_json_line(proc.stdout)["hooks_route"] == "registry"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("pass", 0),
+        ("import sys; sys.exit(3)", 3),
+        ("raise SystemExit(0)", 0),
+        ("raise SystemExit(None)", 0),
+        ("raise SystemExit('fatal: no data')", 1),
+        ("raise ValueError('boom')", 1),
+    ],
+    ids=["clean", "exit-3", "exit-0", "exit-none", "exit-message", "exception"],
+)
+def test_run_exit_status_and_stderr_match_python(tmp_path, run_cli, run_python, body, status):
+    # The script imports torchdevice itself, so plain python runs it too (a no-op under the CLI).
+    script = write(tmp_path / "job.py", f"import torchdevice, torch\nx = torch.zeros(1, device='cuda')\n{body}\n")
+    ours = run_cli(["run", str(script)])
+    plain = run_python([str(script)])
+    assert ours.returncode == status, describe(ours)
+    assert plain.returncode == status, describe(plain)
+    # Same stderr, byte for byte: the message of SystemExit("..."), or the traceback with only
+    # the script's frames (none of the CLI's).
+    assert ours.stderr == plain.stderr
+
+
+def test_run_exception_traceback_shows_only_script_frames(tmp_path, run_cli):
+    script = write(
+        tmp_path / "fail.py",
+        """\
+        def inner():
+            raise KeyError("missing")
+
+        try:
+            inner()
+        except KeyError as exc:
+            raise RuntimeError("wrapped") from exc
+        """,
+    )
+    proc = run_cli(["run", str(script)])
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):\n")
+    assert "The above exception was the direct cause of the following exception" in proc.stderr
+    assert proc.stderr.rstrip().endswith("RuntimeError: wrapped")
+    assert "cli.py" not in proc.stderr
+
+
+def test_run_module(tmp_path, run_cli):
+    write(tmp_path / "pkg" / "__init__.py", "")
+    module_file = write(
+        tmp_path / "pkg" / "tool.py",
+        """\
+        import json, sys
+        import torch
+        print(json.dumps({"argv": sys.argv, "name": __name__, "path0": sys.path[0],
+                          "device": str(torch.ones(1).cuda().device)}))
+        sys.exit(int(sys.argv[1]))
+        """,
+    )
+    proc = run_cli(["run", "-m", "pkg.tool", "4", "-v", "--flag"], cwd=tmp_path)
+    assert proc.returncode == 4, describe(proc)
+    report = last_json_line(proc.stdout)
+    assert report == {
+        "argv": [str(module_file), "4", "-v", "--flag"],
+        "name": "__main__",
+        "path0": str(tmp_path),
+        "device": "cuda:0",
+    }
+
+
+def test_run_module_package_main(tmp_path, run_cli):
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "__main__.py", "import sys\nprint('app main', sys.argv[1:])\n")
+    proc = run_cli(["run", "-m", "app", "x"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.strip() == "app main ['x']"
+
+
+def test_run_missing_module(tmp_path, run_cli):
+    proc = run_cli(["run", "-m", "no_such_module_here"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == "torchdevice run: No module named no_such_module_here\n"
+
+
+def test_run_missing_script(tmp_path, run_cli):
+    proc = run_cli(["run", "missing.py"], cwd=tmp_path)
+    assert proc.returncode == 2  # as `python missing.py`
+    expected = f"torchdevice run: can't open file {str(tmp_path / 'missing.py')!r}: [Errno 2] No such file or directory\n"
+    assert proc.stderr == expected
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run"], "torchdevice run: error: the following arguments are required: SCRIPT or -m MODULE"),
+        (["run", "--frobnicate", "x.py"], "torchdevice: error: unrecognized arguments: --frobnicate"),
+        (["run", "--backend", "tpu", "x.py"], "torchdevice run: error: argument --backend: invalid choice: 'tpu'"),
+        (["launch"], "torchdevice: error: argument COMMAND: invalid choice: 'launch'"),
+        (["info", "--yaml"], "torchdevice: error: unrecognized arguments: --yaml"),
+    ],
+    ids=["no-target", "unknown-option", "bad-backend", "unknown-command", "info-unknown-option"],
+)
+def test_usage_errors_are_one_line_and_status_2(run_cli, args, message):
+    proc = run_cli(args)
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.startswith(message), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_no_command_is_a_usage_error(run_cli):
+    proc = run_cli([])
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == "torchdevice: error: a command is required: run or info"
+
+
+def test_run_backend_option_sets_environment_before_import(tmp_path, run_cli):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "--backend", "cpu", "report.py", "arg"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    report = last_json_line(proc.stdout)
+    assert report["backend_env"] == "cpu"
+    assert report["plan_backend"] == "cpu"  # torchdevice itself started with it
+    assert report["argv"] == ["report.py", "arg"]
+    assert report["is_cuda"] is True
+
+
+def test_run_backend_matching_environment_needs_no_restart(tmp_path, run_cli):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "--backend=cpu", "report.py"], cwd=tmp_path, env={"TORCH_DEVICE_BACKEND": "cpu"})
+    assert proc.returncode == 0, describe(proc)
+    assert last_json_line(proc.stdout)["plan_backend"] == "cpu"
+
+
+def test_run_backend_unavailable_here_is_one_line(tmp_path, run_cli):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "--backend", "cuda", "report.py"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("torchdevice run: error: TORCH_DEVICE_BACKEND=cuda runs kernels on a real NVIDIA GPU")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_console_script_runs(tmp_path, run_python):
+    script = Path(sys.executable).parent / "torchdevice"
+    if not script.exists():
+        pytest.skip(f"the torchdevice console script is not installed next to {sys.executable}")
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_python([str(script), "run", "report.py", "1"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    report = last_json_line(proc.stdout)
+    assert report["argv"] == ["report.py", "1"]
+    assert report["path0"] == str(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ info
+
+
+def test_info_text(run_cli):
+    proc = run_cli(["info"])
+    assert proc.returncode == 0, describe(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"torchdevice {torchdevice.__version__}"
+    assert "  backend      auto (kernels run on cpu)" in lines
+    assert "  emulated     cuda x1" in lines
+    assert "  hooks route  registry" in lines
+    assert f"torch {torch.__version__} (CPU build)" in lines
+    assert any(line.startswith("  cuda:0  torchdevice emulated GPU (CPU)  capability 8.0") for line in lines)
+
+
+def test_info_json(run_cli):
+    proc = run_cli(["info", "--json"], env={"TORCHDEVICE_DEVICE_COUNT": "2"})
+    assert proc.returncode == 0, describe(proc)
+    info = json.loads(proc.stdout)
+    assert info["torchdevice"]["version"] == torchdevice.__version__
+    assert info["plan"] == {"backend": "auto", "runner": "cpu", "emulated": ["cuda"], "device_count": 2}
+    assert info["activation"]["hooks_route"] == "registry"
+    assert info["torch"] == {"version": torch.__version__, "build": "cpu", "cuda_version": None}
+    assert info["environment"]["TORCHDEVICE_DEVICE_COUNT"] == "2"
+    assert [d["device"] for d in info["devices"]] == ["cuda:0", "cuda:1"]
+    for dev in info["devices"]:
+        assert dev["capability"] == [8, 0]
+        assert dev["total_memory"] > 0
+        assert dev["name"] == "torchdevice emulated GPU (CPU)"
+
+
+def test_info_json_with_no_visible_device(run_cli):
+    proc = run_cli(["info", "--json"], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, describe(proc)
+    info = json.loads(proc.stdout)
+    assert info["plan"]["device_count"] == 0
+    assert info["devices"] == []
+
+
+# ----------------------------------------------------------------------- in-process pieces
+
+
+@pytest.mark.parametrize(
+    ("argv", "head", "tail"),
+    [
+        (["run", "s.py", "-m", "x"], ["run", "s.py"], ["-m", "x"]),
+        (["run", "--backend", "cpu", "s.py", "--backend", "mps"], ["run", "--backend", "cpu", "s.py"], ["--backend", "mps"]),
+        (["run", "--backend=cpu", "-m", "pkg.mod", "-v"], ["run", "--backend=cpu", "-m", "pkg.mod"], ["-v"]),
+        (["run", "-mpkg", "a"], ["run", "-mpkg"], ["a"]),
+        (["run", "--", "-odd-name.py", "x"], ["run", "--", "-odd-name.py"], ["x"]),
+        (["run"], ["run"], []),
+        (["info", "--json"], ["info", "--json"], []),
+    ],
+)
+def test_split_run_argv(argv, head, tail):
+    assert cli._split_run_argv(argv) == (head, tail)
+
+
+def test_version_and_help_exit_zero(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"torchdevice {torchdevice.__version__}"
+    assert cli.main(["run", "--help"]) == 0
+    assert "usage: torchdevice run [--backend BACKEND] (SCRIPT | -m MODULE) [ARGS ...]" in capsys.readouterr().out
+
+
+def test_collect_info_in_process():
+    info = cli.collect_info()
+    assert info["plan"]["emulated"] == list(torchdevice.plan.emulated)
+    assert len(info["devices"]) == torch.cuda.device_count()
+    assert cli.format_info(info).splitlines()[0] == f"torchdevice {torchdevice.__version__}"
+
+
+def test_cli_module_does_not_import_torch_itself():
+    """Only `import torchdevice` may bring torch in: the CLI module itself names no torch import at top level."""
+    source = Path(cli.__file__).read_text()
+    top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    modules = [line.split()[1] for line in top_level]
+    assert [m for m in modules if m == "torch" or m.startswith("torch.")] == []
