@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) if missing, and install torchdevice into it.
+# Idempotent: a second run only re-checks the packages and rebuilds the C++ incrementally.
+#
+#   PYTHON=python3.11 bash scripts/setup_env.sh    # choose the interpreter (default: python3)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"
+VENV=".venv"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "setup_env: creating $VENV with $("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+# torch is named, pinned, in every install command: pip must never swap the build torchdevice is
+# compiled against for another (an unpinned resolve could fetch a different version or a CUDA build).
+echo "setup_env: installing torch==$TORCH_VERSION and the build/test tools"
+"$PY" -m pip install --quiet --disable-pip-version-check \
+  "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest expecttest numpy
+
+# --no-build-isolation: build against the torch installed above, not one an isolated build
+# environment would download. The C++ build (and its ctest binary) lives in build/<wheel tag>.
+echo "setup_env: building and installing torchdevice (editable)"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e . "torch==$TORCH_VERSION"
+
+"$PY" - "$TORCH_VERSION" <<'PYEOF'
+import sys
+
+import torch
+
+expected = sys.argv[1]
+print(f"setup_env: torch {torch.__version__} ({'CUDA' if torch.version.cuda else 'CPU'} build)")
+if torch.__version__.split("+")[0] != expected:
+    sys.exit(f"setup_env: expected torch {expected}, found {torch.__version__}")
+PYEOF
