@@ -186,3 +186,19 @@ def test_not_emulated_features_raise_rather_than_vanish(name):
     ):
         with pytest.raises(RuntimeError):
             obj()
+
+
+def test_dynamo_compiles_code_that_queries_torch_cuda():
+    # With the _cuda_* bindings present, torch.cuda._is_compiled() is True and dynamo takes its
+    # CUDA-build paths (it imports _cuda_getCurrentRawStream, calls _cuda_getDevice).
+    def step(x):
+        torch.cuda.current_stream()
+        return (x.sin() * 2 + torch.cuda.current_device()).sum()
+
+    x = torch.randn(8, device="cuda")
+    compiled = torch.compile(step, backend="aot_eager")
+    assert torch.allclose(compiled(x), step(x))
+    from torch._dynamo.device_interface import get_interface_for_device
+
+    interface = get_interface_for_device("cuda")
+    assert interface.current_device() == 0 and interface.is_available()
