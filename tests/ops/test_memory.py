@@ -157,6 +157,8 @@ def test_mem_get_info_follows_the_allocator(cuda_memory_baseline):
     assert torch.cuda.memory.mem_get_info("cuda:0") == (free - 4 * MiB, total)
     del x
     assert torch.cuda.device_memory_used() == torch.cuda.memory_reserved()
+    with pytest.raises(torch.AcceleratorError, match="invalid device ordinal"):
+        torch.cuda.mem_get_info(3)
 
 
 def test_per_process_memory_fraction_limits_and_recovers(cuda_memory_baseline, restore_memory_fraction):

@@ -199,3 +199,20 @@ def test_streams_survive_a_training_step_on_a_side_stream():
 )
 def test_torch_stream_without_an_index_is_on_the_current_device():
     assert torch.Stream("cuda").device_index == torch.cuda.current_device()
+
+
+def test_event_keeps_its_first_device(run_snippet):
+    out = run_snippet(
+        """
+        e = torch.cuda.Event()
+        e.record(torch.cuda.Stream(device=0))
+        try:
+            e.record(torch.cuda.Stream(device=1))
+        except RuntimeError as error:
+            print(error)
+        s = torch.cuda.Stream(device=1, stream_ptr=0x40)
+        print(s.device, s.cuda_stream, torch.cuda.ExternalStream(0x50, device=1).device)
+        """,
+        TORCHDEVICE_DEVICE_COUNT="2",
+    )
+    assert out.splitlines() == ["Event device 0 does not match recording stream's device 1.", "cuda:1 64 cuda:1"]

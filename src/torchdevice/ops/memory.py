@@ -52,16 +52,23 @@ def nested_memory_stats(device: int) -> dict[str, Any]:
     return nested
 
 
+def _guarded_device(device: Any) -> int:
+    # Runtime/NVML queries switch to the device first: a bad index is CUDA's "invalid device
+    # ordinal" (torch.AcceleratorError), not the allocator's assertion.
+    torch.cuda._lazy_init()
+    index = device_index(device)
+    _C.check_device(_TYPE, index)
+    return index
+
+
 def mem_get_info(device: Any = None) -> tuple[int, int]:
     """(free, total) bytes of the emulated device, as cudaMemGetInfo reports them."""
-    torch.cuda._lazy_init()
-    return tuple(_C.mem_get_info(_TYPE, _valid_device(device_index(device))))  # type: ignore[return-value]
+    return tuple(_C.mem_get_info(_TYPE, _guarded_device(device)))  # type: ignore[return-value]
 
 
 def list_gpu_processes(device: Any = None) -> str:
     """nvidia-smi's view: this process, using the bytes it holds on the device."""
-    torch.cuda._lazy_init()
-    index = _valid_device(device_index(device))
+    index = _guarded_device(device)
     used_mb = torch.cuda.memory_reserved(index) / (1024 * 1024)
     lines = [f"GPU:{index}", f"process {os.getpid():>10d} uses {used_mb:>12.3f} MB GPU memory"]
     return "\n".join(lines)
@@ -69,8 +76,7 @@ def list_gpu_processes(device: Any = None) -> str:
 
 def device_memory_used(device: Any = None) -> int:
     """Bytes in use on the device as NVML reports them: all of it is this process's."""
-    torch.cuda._lazy_init()
-    return int(torch.cuda.memory_reserved(_valid_device(device_index(device))))
+    return int(torch.cuda.memory_reserved(_guarded_device(device)))
 
 
 def apply_patches() -> None:

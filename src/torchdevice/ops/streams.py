@@ -66,6 +66,12 @@ class Stream(torch.Stream):
         if "stream_id" in kwargs and "device_index" in kwargs:
             # Rebuilding a Python object for an existing stream (current_stream() and friends).
             return super().__new__(cls, priority=priority, **kwargs)
+        if "stream_ptr" in kwargs:
+            # An external cudaStream_t, as _CudaStreamBase accepts it (ExternalStream uses this).
+            stream_ptr = int(kwargs.pop("stream_ptr"))
+            with torch.cuda.device(device):
+                index = torch.cuda.current_device()
+            return super().__new__(cls, stream_id=stream_ptr, device_index=index, device_type=_CUDA_TYPE_ENUM)
         if kwargs:
             name = next(iter(kwargs))
             raise TypeError(f"Stream() got an unexpected keyword argument '{name}'")
@@ -73,8 +79,10 @@ class Stream(torch.Stream):
         with torch.cuda.device(device):
             index = torch.cuda.current_device()
             stream = super().__new__(cls, device=torch.device(_TYPE, index), priority=priority)
-        with _priorities_lock:
-            _priorities[(index, stream.stream_id)] = _clamp_priority(priority)
+        priority = _clamp_priority(priority)
+        if priority != LEAST_PRIORITY:  # only the exceptions are stored: most streams are default
+            with _priorities_lock:
+                _priorities[(index, stream.stream_id)] = priority
         return stream
 
     @staticmethod
@@ -135,9 +143,7 @@ class ExternalStream(Stream):
     r"""A stream allocated elsewhere, identified by its ``cudaStream_t`` value."""
 
     def __new__(cls, stream_ptr: int, device: Any = None, **kwargs: Any) -> "ExternalStream":
-        with torch.cuda.device(device):
-            index = torch.cuda.current_device()
-        return super().__new__(cls, stream_id=int(stream_ptr), device_index=index, device_type=_CUDA_TYPE_ENUM)
+        return super().__new__(cls, device, stream_ptr=stream_ptr, **kwargs)
 
 
 class Event(torch.Event):
@@ -163,6 +169,12 @@ class Event(torch.Event):
     def record(self, stream: torch.Stream | None = None) -> None:
         if stream is None:
             stream = torch.cuda.current_stream()
+        device = self.device
+        if device is not None and device.index != stream.device_index:
+            # CUDAEvent::record's check and wording (torch.Event words it differently).
+            raise RuntimeError(
+                f"Event device {device.index} does not match recording stream's device {stream.device_index}."
+            )
         super().record(stream)
         # Work before the record has completed (synchronous execution): the host clock now is
         # when the GPU would have reached the event. Kept here because torch.Event's own
