@@ -136,8 +136,7 @@ def test_fork_rng_restores_the_cuda_state():
     assert torch.equal(expected, torch.empty(8, device="cuda").normal_())
 
 
-def test_seeding_before_initialisation_is_deferred(run_snippet):
-    # torch.cuda.manual_seed before any cuda use queues the call; the seed applies at init.
+def test_manual_seed_all_as_a_scripts_first_cuda_call(run_snippet):
     out = run_snippet(
         """
         torch.cuda.manual_seed_all(321)
