@@ -202,3 +202,14 @@ def test_dynamo_compiles_code_that_queries_torch_cuda():
 
     interface = get_interface_for_device("cuda")
     assert interface.current_device() == 0 and interface.is_available()
+
+
+def test_runtime_patches_are_registered_under_their_modules():
+    from torchdevice import ops
+    from torchdevice.core.patch import REGISTRY
+
+    owners = {p.owner for p in REGISTRY}
+    for module in ops.MODULES:
+        assert module.OWNER == module.__name__.removeprefix("torchdevice.")
+    # Every area that replaces something registers it (random and amp need no patch).
+    assert {"ops.device", "ops.memory", "ops.storage", "ops.streams", "ops.host"} <= owners
