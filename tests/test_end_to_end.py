@@ -114,12 +114,6 @@ def test_cuda_then_cpu_tensor_is_a_device_error():
     assert str(info.value) == SAME_DEVICE.format("cuda:0", "cpu")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: the fallback names devices in argument order, TensorIterator names the common "
-    "(first non-CPU) device first; raises 'Expected all tensors to be on the same device, but found at "
-    "least two devices, cpu and cuda:0!' (csrc/dispatch/fallback.cpp, CallState::note_cpu)",
-)
 def test_cpu_then_cuda_tensor_is_a_device_error():
     # On a GPU, TensorIterator reports the common device (the first non-CPU one) first, whatever
     # the argument order.

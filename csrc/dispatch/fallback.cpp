@@ -110,7 +110,8 @@ class CallState {
     const c10::Device d = t.device();
     if (d.type() == kType) {
       if (!tensor_device_) {
-        if (first_device_ && *first_device_ != d) throw_device_mismatch(*first_device_, d);
+        // TensorIterator names the common (device) side first, whatever the argument order.
+        if (first_device_ && *first_device_ != d) throw_device_mismatch(d, *first_device_);
         tensor_device_ = d;
         first_device_ = d;
       } else if (*tensor_device_ != d) {

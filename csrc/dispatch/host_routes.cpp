@@ -19,6 +19,8 @@ const char* const kHostRoutedOps[] = {
     "lstm.input", "lstm.data", "gru.input", "gru.data", "rnn_tanh.input", "rnn_tanh.data",
     "rnn_relu.input", "rnn_relu.data", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
     "scaled_dot_product_attention", "ctc_loss.IntList", "ctc_loss.Tensor",
+    // torch >= 2.14 takes a fused CUDA kernel whose backward exists only for CUDA.
+    "rms_norm",
 };
 
 at::Tensor to_device(const at::Tensor& t, c10::Device device) {
@@ -76,6 +78,10 @@ void register_host_routes() {
                    mps ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA}) {
     auto* lib = new torch::Library(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
     for (const char* name : kHostRoutedOps) {
+      const std::string full(name);
+      const auto dot = full.find('.');
+      const c10::OperatorName op_name("aten::" + full.substr(0, dot), dot == std::string::npos ? "" : full.substr(dot + 1));
+      if (!c10::Dispatcher::singleton().findSchema(op_name)) continue;  // not in this torch version
       lib->impl(name, torch::CppFunction::makeFromBoxedFunction<&run_on_host<kType>>());
     }
   }

@@ -59,13 +59,14 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     return c10::Stream(c10::Stream::UNSAFE, c10::Device(type_, index), t_current_stream[slot(type_)][index]);
   }
   c10::Stream getDefaultStream(c10::Device d) const override {
-    return c10::Stream(c10::Stream::DEFAULT, d);
+    return c10::Stream(c10::Stream::DEFAULT, with_index(d));
   }
+  // As CUDA's stream pool does, an unindexed device means the current one.
   c10::Stream getStreamFromGlobalPool(c10::Device d, bool /*isHighPriority*/) const override {
-    return c10::Stream(c10::Stream::UNSAFE, d, new_stream_id());
+    return c10::Stream(c10::Stream::UNSAFE, with_index(d), new_stream_id());
   }
   c10::Stream getNewStream(c10::Device d, int /*priority*/) const override {
-    return c10::Stream(c10::Stream::UNSAFE, d, new_stream_id());
+    return c10::Stream(c10::Stream::UNSAFE, with_index(d), new_stream_id());
   }
   c10::Stream exchangeStream(c10::Stream s) const override {
     auto& current = t_current_stream[slot(type_)][s.device_index()];
@@ -109,6 +110,9 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
   void recordDataPtrOnStream(const c10::DataPtr& /*data_ptr*/, const c10::Stream& /*stream*/) const override {}
 
  private:
+  c10::Device with_index(c10::Device d) const {
+    return d.has_index() ? d : c10::Device(type_, current_device(type_));
+  }
   c10::DeviceType type_;
 };
 

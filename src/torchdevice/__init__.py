@@ -42,6 +42,10 @@ def _activate() -> None:
     _ops.apply_patches()
     if plan.device_count > 0:
         torch.cuda._lazy_init()
+    from torchdevice.core import shutdown as _shutdown
+
+    # Registered now, before user code adds exit handlers, so it runs after theirs.
+    _shutdown.install(plan.emulated, plan.device_count)
     _logger.info(
         "emulating %s on %s: %d device(s), hooks via %s",
         ", ".join(plan.emulated), plan.runner, plan.device_count, activation.get("hooks_route"),

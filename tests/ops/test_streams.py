@@ -192,11 +192,6 @@ def test_streams_survive_a_training_step_on_a_side_stream():
     assert model.weight.grad is not None and model.weight.grad.device.type == "cuda"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: the emulated guard's getNewStream keeps device index -1 for torch.Stream('cuda'); "
-    "CUDA's getStreamFromPool resolves -1 to the current device",
-)
 def test_torch_stream_without_an_index_is_on_the_current_device():
     assert torch.Stream("cuda").device_index == torch.cuda.current_device()
 
