@@ -127,6 +127,18 @@ def test_handles_that_do_not_exist_say_so():
         torch.cuda.current_solver_handle()
 
 
+def test_tunableop_is_off_and_jiterator_says_why():
+    assert torch.cuda.tunable.is_enabled() is False
+    assert torch.cuda.tunable.tuning_is_enabled() is False
+    assert torch.cuda.tunable.record_untuned_is_enabled() is False
+    torch.cuda.tunable.enable(False)
+    with pytest.raises(RuntimeError, match="TunableOp tunes GPU GEMM kernels"):
+        torch.cuda.tunable.enable(True)
+    doubler = torch.cuda.jiterator._create_jit_fn("template <typename T> T twice(T x) { return x + x; }")
+    with pytest.raises(RuntimeError, match="jiterator compiles CUDA C\\+\\+ with NVRTC"):
+        doubler(torch.ones(2, device="cuda"))
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="native core: the pinned host allocator keeps no statistics; torch.cuda.host_memory_stats() "

@@ -185,6 +185,18 @@ def apply_patches() -> None:
     for name in ("_cuda_hostMemoryStats", "_cuda_resetAccumulatedHostMemoryStats", "_cuda_resetPeakHostMemoryStats"):
         REGISTRY.patch(C, name, _unavailable(name, "pinned host memory statistics are not counted by the emulated device yet"), owner=OWNER)
 
+    # Run-time compilation of CUDA C++ (NVRTC) has nothing to compile for on the host.
+    name = "_cuda_jiterator_compile_and_launch_kernel"
+    why = "torch.cuda.jiterator compiles CUDA C++ with NVRTC, which the emulated device does not have"
+    REGISTRY.patch(C, name, _unavailable(name, why), owner=OWNER)
+
+    # TunableOp picks among GPU GEMM kernels; the host BLAS offers none, so it is off, can be
+    # switched off, and refuses to be switched on (a silent "on" would claim tuning that never runs).
+    for name in ("_cuda_tunableop_is_enabled", "_cuda_tunableop_tuning_is_enabled", "_cuda_record_untuned_is_enabled"):
+        REGISTRY.patch(C, name, _always_false(name), owner=OWNER)
+    for name in ("_cuda_tunableop_enable", "_cuda_tunableop_tuning_enable", "_cuda_record_untuned_enable"):
+        REGISTRY.patch(C, name, _off_only(name), owner=OWNER)
+
     # NVML sensor readings (torch reads them through pynvml, absent here).
     for name in ("utilization", "memory_usage", "temperature", "power_draw", "clock_rate"):
         REGISTRY.patch(cuda, name, _named_sensor(name), owner=OWNER)
@@ -206,3 +218,22 @@ def _unavailable(name: str, why: str):
 
     unavailable.__name__ = unavailable.__qualname__ = name
     return unavailable
+
+
+def _always_false(name: str):
+    def query() -> bool:
+        return False
+
+    query.__name__ = query.__qualname__ = name
+    return query
+
+
+def _off_only(name: str):
+    def switch(value: bool) -> None:
+        if value:
+            raise RuntimeError(
+                "torchdevice: TunableOp tunes GPU GEMM kernels; the emulated device's host BLAS has none to tune"
+            )
+
+    switch.__name__ = switch.__qualname__ = name
+    return switch
