@@ -7,8 +7,11 @@ request (torch/serialization.py). The same bytes must load here.
 
 from __future__ import annotations
 
+import collections
 import io
+import pickle
 import pickletools
+import struct
 import zipfile
 
 import pytest
@@ -110,6 +113,45 @@ def test_a_checkpoint_written_on_a_gpu_loads(monkeypatch, zipfile_format):
     assert torch.equal(loaded["weight"].cpu(), weights["weight"])
     assert int(loaded["steps"]) == 7
     assert _load(data, map_location="cpu")["weight"].device.type == "cpu"
+
+
+class _StorageRef:
+    """Stands for storage '0' in the hand-written pickle below."""
+
+
+class _TensorRecord:
+    def __init__(self, size: tuple[int, ...]):
+        self.storage = _StorageRef()
+        self.size = size
+
+    def __reduce__(self):
+        # What torch.save writes for a tensor: _rebuild_tensor_v2(storage, offset, size, stride, ...).
+        stride = (1,) * len(self.size)
+        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, self.size, stride, False, collections.OrderedDict()))
+
+
+class _GpuCheckpointPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageRef):
+            # (typename, storage type, key, location, numel): the record of a float storage on cuda:0.
+            return ("storage", torch.FloatStorage, "0", "cuda:0", 4)
+        return None
+
+
+def test_a_hand_built_gpu_checkpoint_loads():
+    # torch.save's zip layout, written without torch.save: data.pkl, the raw storage bytes, version.
+    payload = io.BytesIO()
+    _GpuCheckpointPickler(payload, protocol=2).dump({"w": _TensorRecord((4,))})
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", payload.getvalue())
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/data/0", struct.pack("<4f", 1.0, 2.0, 3.0, 4.0))
+        z.writestr("archive/version", "3\n")
+    loaded = _load(archive.getvalue())  # weights_only=True: torch's safe unpickler accepts it
+    assert loaded["w"].device == torch.device("cuda", 0)
+    assert loaded["w"].cpu().tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert _load(archive.getvalue(), map_location="cpu")["w"].device.type == "cpu"
 
 
 def test_mmap_load_of_a_cuda_checkpoint(tmp_path, model_state):
