@@ -17,12 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 import pytest
 
-import torchdevice  # must precede torch; see above
-from torchdevice.core import shutdown
-
-# Backward passes on emulated devices run on autograd's device threads; without this, pytest's
-# own exit can abort (status 134) after every test passed. See torchdevice/core/shutdown.py.
-shutdown.install(torchdevice.plan.emulated, torchdevice.plan.device_count)
+import torchdevice  # noqa: F401 - must precede torch; see above
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,10 +34,6 @@ print(json.dumps({
     "generator_repeats": torch.equal(a, b),
     "is_available": torch.cuda.is_available(),
 }))
-# Until `import torchdevice` does this itself, the interpreter can abort at exit after a
-# backward pass (see torchdevice/core/shutdown.py and tests/core/test_shutdown.py).
-from torchdevice.core import shutdown
-shutdown.drain_autograd_device_threads(torchdevice.plan.emulated, torchdevice.plan.device_count)
 """
 
 ORDERS = {

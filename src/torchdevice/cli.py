@@ -142,13 +142,6 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     if ns.backend is not None and ns.backend != torchdevice.plan.backend:
         return _reexec_with_backend(ns)
 
-    if torchdevice.plan.emulated:
-        from torchdevice.core import shutdown
-
-        # Registered before the target runs, so (atexit being LIFO) it runs after the target's
-        # own exit handlers, which may still call backward().
-        shutdown.install(torchdevice.plan.emulated, torchdevice.plan.device_count)
-
     if ns.module is not None:
         return _run_module(ns.module, ns.args)
     return _run_script(ns.script, ns.args)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import torch
 import torchdevice
 from torchdevice.core import shutdown
@@ -73,13 +71,16 @@ def test_cli_run_exits_cleanly_after_backward(tmp_path, run_cli):
         assert proc.stdout == "ok\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torchdevice/__init__.py does not call shutdown.install() yet, so a script that imports "
-    "torchdevice itself (not through `torchdevice run`) can abort at exit after backward(): "
-    "'terminate called without an active exception', status 134",
-)
 def test_import_torchdevice_installs_the_exit_drain(run_code):
     proc = run_code("import torchdevice\nfrom torchdevice.core import shutdown\nprint(shutdown._installed)")
     assert proc.returncode == 0, describe(proc)
     assert proc.stdout.strip() == "True"
+
+
+def test_plain_import_exits_cleanly_after_backward(tmp_path, run_python):
+    script = tmp_path / "train.py"
+    script.write_text("import torchdevice\n" + BACKWARD_THEN_EXIT)
+    for _ in range(4):
+        proc = run_python([str(script)])
+        assert proc.returncode == 0, describe(proc)
+        assert proc.stdout == "ok\n"
