@@ -69,6 +69,15 @@ class CallState {
         lowered.push_back(t.has_value() && t->defined() ? std::optional<at::Tensor>(lower_tensor(*t)) : t);
       }
       v = std::move(lowered);
+    } else if (v.isList() && !v.toListRef().empty() && v.toListRef()[0].isTensorList()) {
+      // Tensor[][] (c10d collectives' output lists): lower each inner list.
+      c10::impl::GenericList lowered(c10::ListType::ofTensors());
+      for (const c10::IValue& inner : v.toListRef()) {
+        c10::IValue copy = inner;
+        lower(copy);
+        lowered.push_back(std::move(copy));
+      }
+      v = std::move(lowered);
     } else if (v.isDevice()) {
       const c10::Device d = v.toDevice();
       if (d.type() == kType) {
@@ -225,16 +234,24 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
     return std::nullopt;
   };
 
+  auto map_list = [&](c10::List<at::Tensor> list) {
+    for (size_t j = 0; j < list.size(); ++j) {
+      if (auto replacement = map_output(list.get(j))) list.set(j, std::move(*replacement));
+    }
+    return list;
+  };
+
   const size_t num_returns = schema.returns().size();
   for (size_t i = stack->size() - num_returns; i < stack->size(); ++i) {
     c10::IValue& r = (*stack)[i];
     if (r.isTensor()) {
       if (auto replacement = map_output(r.toTensor())) r = std::move(*replacement);
     } else if (r.isTensorList()) {
-      auto list = r.toTensorList();
-      for (size_t j = 0; j < list.size(); ++j) {
-        if (auto replacement = map_output(list.get(j))) list.set(j, std::move(*replacement));
-      }
+      r = map_list(r.toTensorList());
+    } else if (r.isList() && !r.toListRef().empty() && r.toListRef()[0].isTensorList()) {
+      c10::impl::GenericList mapped(c10::ListType::ofTensors());
+      for (const c10::IValue& inner : r.toListRef()) mapped.push_back(map_list(inner.toTensorList()));
+      r = std::move(mapped);
     }
   }
 }

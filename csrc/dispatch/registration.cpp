@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace torchdevice::dispatch {
@@ -24,28 +25,41 @@ namespace {
 // DispatchStubs (convolution, convolution_backward). CompositeImplicitAutograd ops without a
 // CPU kernel stay as they are: they decompose above autograd, as on CPU.
 template <c10::DeviceType kType>
-int mirror_cpu_table(torch::Library& lib) {
+int mirror_cpu_table(torch::Library& aten) {
   constexpr auto key = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
   auto& dispatcher = c10::Dispatcher::singleton();
   const auto& explicit_names = explicit_kernel_names();
-  // On a CUDA build of torch the device key already holds real CUDA kernels; each would be handed
-  // host pointers, so every aten one is replaced as well (CUDA-only ops then fail cleanly in the
-  // fallback instead of launching a kernel). Kernels of other namespaces (c10d, ...) stay.
   std::unordered_set<std::string> done;
+  // Other namespaces get their own library, created on first use and kept for the process.
+  std::unordered_map<std::string, torch::Library*> libraries{{"aten", &aten}};
   int count = 0;
-  for (auto source : {key, c10::DispatchKey::CPU, c10::DispatchKey::CompositeExplicitAutogradNonFunctional,
+  auto give_fallback = [&](const c10::OperatorName& name) {
+    const auto sep = name.name.find("::");
+    const std::string ns = name.name.substr(0, sep);
+    std::string short_name = name.name.substr(sep + 2);
+    if (!name.overload_name.empty()) short_name += "." + name.overload_name;
+    if (!done.insert(name.name + "." + name.overload_name).second) return;
+    if (ns == "aten" && std::find(explicit_names.begin(), explicit_names.end(), short_name) != explicit_names.end()) {
+      return;
+    }
+    auto& lib = libraries[ns];
+    if (lib == nullptr) lib = new torch::Library(torch::Library::IMPL, ns, key, __FILE__, __LINE__);
+    lib->impl(short_name.c_str(), torch::CppFunction::makeFromBoxedFunction<&emulated_fallback<kType>>());
+    ++count;
+  };
+  // Kernels already on the device key: on a CUDA build of torch these are real CUDA kernels and
+  // would be handed host pointers, so every aten one is replaced (CUDA-only ops then fail
+  // cleanly in the fallback instead of launching a kernel). Ops of other namespaces with a CPU
+  // kernel (c10d collectives: CPU kernel = the process group's CPU backend) run that instead.
+  for (const auto& name : dispatcher.getRegistrationsForDispatchKey(key)) {
+    const bool aten = name.name.rfind("aten::", 0) == 0;
+    auto op = dispatcher.findOp(name);
+    if (aten || (op && op->hasKernelForDispatchKey(c10::DispatchKey::CPU))) give_fallback(name);
+  }
+  for (auto source : {c10::DispatchKey::CPU, c10::DispatchKey::CompositeExplicitAutogradNonFunctional,
                       c10::DispatchKey::CompositeExplicitAutograd}) {
     for (const auto& name : dispatcher.getRegistrationsForDispatchKey(source)) {
-      if (name.name.rfind("aten::", 0) != 0) continue;
-      std::string short_name = name.name.substr(6);
-      if (!name.overload_name.empty()) short_name += "." + name.overload_name;
-      if (done.count(short_name) ||
-          std::find(explicit_names.begin(), explicit_names.end(), short_name) != explicit_names.end()) {
-        continue;
-      }
-      done.insert(short_name);
-      lib.impl(short_name.c_str(), torch::CppFunction::makeFromBoxedFunction<&emulated_fallback<kType>>());
-      ++count;
+      if (name.name.rfind("aten::", 0) == 0) give_fallback(name);
     }
   }
   return count;
