@@ -5,6 +5,11 @@
 #include "runtime/device.h"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/_log_softmax_backward_data_ops.h>
+#include <ATen/ops/_log_softmax_ops.h>
+#include <ATen/ops/_softmax_backward_data_ops.h>
+#include <ATen/ops/_softmax_ops.h>
+#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/copy_ops.h>
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
@@ -85,13 +90,64 @@ void record_stream(at::Tensor& self, c10::Stream stream) {
               " stream, got a ", stream.device_type(), " stream");
 }
 
+// CUDA computes softmax(half, dtype=float) as _softmax(half, half_to_float=true); the CPU kernel
+// has no such mode. CPU users get the same result from x.float() then _softmax, which is what
+// runs here, so the values equal CPU's F.softmax(x, dtype=torch.float32) bit for bit.
+template <typename Op>
+at::Tensor softmax_like(Op op, const at::Tensor& self, int64_t dim, bool half_to_float) {
+  StandIns standins;
+  at::Tensor input = standins.make(self);
+  if (half_to_float) input = input.to(at::kFloat);
+  at::Tensor out = op(c10::DispatchKeySet(c10::DispatchKey::CPU), input, dim, false);
+  adopt_output(out, self.device());
+  return out;
+}
+
+// The matching backward: gradient computed in float, then cast to the input's half dtype (the
+// CPU graph's ToCopyBackward).
+template <typename Op>
+at::Tensor softmax_backward_like(Op op, const at::Tensor& grad, const at::Tensor& output, int64_t dim,
+                                 at::ScalarType input_dtype) {
+  StandIns standins;
+  const bool half_to_float = grad.scalar_type() != input_dtype;
+  at::Tensor out = op(c10::DispatchKeySet(c10::DispatchKey::CPU), standins.make(grad),
+                                  standins.make(output), dim, half_to_float ? grad.scalar_type() : input_dtype);
+  if (half_to_float) out = out.to(input_dtype);
+  adopt_output(out, grad.device());
+  return out;
+}
+
+at::Tensor softmax(const at::Tensor& self, int64_t dim, bool half_to_float) {
+  return softmax_like(&at::_ops::_softmax::redispatch, self, dim, half_to_float);
+}
+at::Tensor log_softmax(const at::Tensor& self, int64_t dim, bool half_to_float) {
+  return softmax_like(&at::_ops::_log_softmax::redispatch, self, dim, half_to_float);
+}
+at::Tensor softmax_backward(const at::Tensor& grad, const at::Tensor& output, int64_t dim, at::ScalarType dtype) {
+  return softmax_backward_like(&at::_ops::_softmax_backward_data::redispatch, grad, output, dim, dtype);
+}
+at::Tensor log_softmax_backward(const at::Tensor& grad, const at::Tensor& output, int64_t dim, at::ScalarType dtype) {
+  return softmax_backward_like(&at::_ops::_log_softmax_backward_data::redispatch, grad, output, dim, dtype);
+}
+
+// Only CPU tensors can be pinned; CUDA's words when asked to pin a device tensor.
+at::Tensor pin_memory_of_device_tensor(const at::Tensor& self, std::optional<at::Device> /*device*/) {
+  TORCH_CHECK(false, "cannot pin 'torch.", c10::DeviceTypeName(self.device().type(), true), ".",
+              c10::toString(self.scalar_type()), "Tensor' only dense CPU tensors can be pinned");
+}
+
+bool is_pinned_device_tensor(const at::Tensor& /*self*/, std::optional<at::Device> /*device*/) {
+  return false;
+}
+
 } // namespace
 
 const std::vector<std::string>& explicit_kernel_names() {
   static const std::vector<std::string> names = {
       "empty.memory_format", "empty_strided", "copy_", "resize_",
       "set_.source_Storage", "set_.source_Storage_storage_offset", "set_.source_Tensor", "set_",
-      "record_stream"};
+      "record_stream", "_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
+      "_pin_memory", "is_pinned", "_to_copy"};
   return names;
 }
 
@@ -106,6 +162,15 @@ void register_kernels(torch::Library& lib) {
   lib.impl("set_.source_Tensor", TORCH_FN(at::native::set_tensor_));
   lib.impl("set_", TORCH_FN(set_empty<kType>));
   lib.impl("record_stream", TORCH_FN(record_stream));
+  lib.impl("_softmax", TORCH_FN(softmax));
+  lib.impl("_log_softmax", TORCH_FN(log_softmax));
+  lib.impl("_softmax_backward_data", TORCH_FN(softmax_backward));
+  lib.impl("_log_softmax_backward_data", TORCH_FN(log_softmax_backward));
+  lib.impl("_pin_memory", TORCH_FN(pin_memory_of_device_tensor));
+  lib.impl("is_pinned", TORCH_FN(is_pinned_device_tensor));
+  // The composite, as on a GPU: a non_blocking copy to the host lands in pinned memory, and
+  // device-to-device copies go through empty + copy_ on the target device.
+  lib.impl("_to_copy", TORCH_FN(at::native::_to_copy));
 }
 
 template void register_kernels<c10::DeviceType::CUDA>(torch::Library&);

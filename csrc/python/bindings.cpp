@@ -4,6 +4,8 @@
 #include "runtime/device.h"
 #include "runtime/generator.h"
 
+#include <ATen/native/Resize.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/Generator.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -102,6 +104,49 @@ PYBIND11_MODULE(_C, m) {
   m.def("total_memory", [](const std::string& type) { return torchdevice::allocator_for(parse_type(type)).total_memory(); });
   m.def("set_total_memory", [](const std::string& type, size_t bytes) {
     torchdevice::allocator_for(parse_type(type)).set_total_memory(bytes);
+  });
+
+  m.def("host_memory_stats", [] {
+    const auto s = torchdevice::host_stats();
+    auto stat = [](const c10::CachingAllocator::Stat& st) {
+      py::dict d;
+      d["current"] = st.current;
+      d["peak"] = st.peak;
+      d["allocated"] = st.allocated;
+      d["freed"] = st.freed;
+      return d;
+    };
+    auto duration = [] {
+      py::dict d;
+      d["total"] = 0;
+      d["max"] = 0;
+      d["min"] = 0;
+      d["count"] = 0;
+      return d;
+    };
+    py::dict out;
+    // No caching: every live allocation is an active request.
+    out["allocations"] = stat(s.allocations);
+    out["allocated_bytes"] = stat(s.allocated_bytes);
+    out["active_requests"] = stat(s.allocations);
+    out["active_bytes"] = stat(s.allocated_bytes);
+    out["num_host_alloc"] = s.num_host_alloc;
+    out["num_host_free"] = s.num_host_free;
+    out["host_alloc_time"] = duration();
+    out["host_free_time"] = duration();
+    return out;
+  });
+  m.def("reset_peak_host_memory_stats", &torchdevice::reset_host_peak_stats);
+  m.def("reset_accumulated_host_memory_stats", &torchdevice::reset_host_accumulated_stats);
+
+  // Storage.resize_ on an emulated storage: torch's binding only knows CPU and real CUDA.
+  // The storage is passed as a tensor viewing it (torch.empty(0, device=...).set_(storage)).
+  m.def("resize_storage_bytes", [](const at::Tensor& view, size_t nbytes) {
+    c10::StorageImpl* storage = view.storage().unsafeGetStorageImpl();
+    TORCH_CHECK(torchdevice::is_emulated_type(storage->device_type()),
+                "torchdevice: resize_storage_bytes expects an emulated device storage, got ", storage->device());
+    c10::DeviceGuard guard(storage->device());
+    at::native::resize_bytes_cpu(storage, nbytes);
   });
 
   m.def("default_generator", [](const std::string& type, int index) {

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <unistd.h>
-#include <unordered_set>
+#include <unordered_map>
 
 namespace torchdevice {
 namespace {
@@ -213,15 +213,23 @@ EmulatedAllocator& allocator_for(c10::DeviceType type) {
 namespace {
 
 std::mutex g_pinned_mutex;
-std::unordered_set<const void*>& pinned_set() {
-  static auto* set = new std::unordered_set<const void*>();
-  return *set;
+// Pinned block base -> size; guarded by g_pinned_mutex like the stats.
+std::unordered_map<const void*, size_t>& pinned_blocks() {
+  static auto* blocks = new std::unordered_map<const void*, size_t>();
+  return *blocks;
 }
+HostStats g_host_stats;
 
 void free_pinned(void* data) {
   {
     std::lock_guard<std::mutex> lock(g_pinned_mutex);
-    pinned_set().erase(data);
+    auto it = pinned_blocks().find(data);
+    if (it != pinned_blocks().end()) {
+      g_host_stats.allocations.decrease(1);
+      g_host_stats.allocated_bytes.decrease(it->second);
+      ++g_host_stats.num_host_free;
+      pinned_blocks().erase(it);
+    }
   }
   c10::free_cpu(data);
 }
@@ -235,7 +243,10 @@ class PinnedAllocator final : public c10::Allocator {
     void* data = c10::alloc_cpu(nbytes);
     {
       std::lock_guard<std::mutex> lock(g_pinned_mutex);
-      pinned_set().insert(data);
+      pinned_blocks().emplace(data, nbytes);
+      g_host_stats.allocations.increase(1);
+      g_host_stats.allocated_bytes.increase(nbytes);
+      ++g_host_stats.num_host_alloc;
     }
     return c10::DataPtr(data, data, &free_pinned, c10::Device(c10::DeviceType::CPU));
   }
@@ -254,9 +265,27 @@ c10::Allocator* pinned_allocator() {
 
 bool is_pinned_ptr(const void* data) {
   std::lock_guard<std::mutex> lock(g_pinned_mutex);
-  // A pointer into a pinned block counts too (views of a pinned tensor); blocks are looked up
-  // by their base only, which is what is_pinned() passes (the storage's data pointer).
-  return pinned_set().count(data) != 0;
+  // Blocks are looked up by their base, which is what is_pinned() passes (the storage's data).
+  return pinned_blocks().count(data) != 0;
+}
+
+HostStats host_stats() {
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  return g_host_stats;
+}
+
+void reset_host_peak_stats() {
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  g_host_stats.allocations.reset_peak();
+  g_host_stats.allocated_bytes.reset_peak();
+}
+
+void reset_host_accumulated_stats() {
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  g_host_stats.allocations.reset_accumulated();
+  g_host_stats.allocated_bytes.reset_accumulated();
+  g_host_stats.num_host_alloc = 0;
+  g_host_stats.num_host_free = 0;
 }
 
 } // namespace torchdevice

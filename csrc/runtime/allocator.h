@@ -64,4 +64,16 @@ EmulatedAllocator& allocator_for(c10::DeviceType type);
 c10::Allocator* pinned_allocator();
 bool is_pinned_ptr(const void* data);
 
+// torch.cuda.host_memory_stats(): the pinned allocator's counters (nothing is cached, so every
+// request is one host allocation).
+struct HostStats {
+  c10::CachingAllocator::Stat allocations;
+  c10::CachingAllocator::Stat allocated_bytes;
+  int64_t num_host_alloc = 0;
+  int64_t num_host_free = 0;
+};
+HostStats host_stats();
+void reset_host_peak_stats();
+void reset_host_accumulated_stats();
+
 } // namespace torchdevice

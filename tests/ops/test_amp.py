@@ -29,17 +29,7 @@ def test_autocast_cuda_follows_the_cuda_policy(dtype):
         assert torch.allclose((a @ b).float().cpu(), expected)
 
 
-_HALF_TO_FLOAT_SOFTMAX = (
-    "native core: softmax/log_softmax(half, dtype=float) on a cuda tensor (what autocast fp16 runs) calls "
-    "aten::_softmax/_log_softmax(half_to_float=True), a CUDA-only mode whose CPU kernel raises 'softmax with "
-    "half to float conversion is not supported on CPU'; it needs a host route computing in float32"
-)
-
-
-@pytest.mark.parametrize(
-    "dtype",
-    [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.xfail(strict=True, reason=_HALF_TO_FLOAT_SOFTMAX))],
-)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("op", [torch.softmax, torch.log_softmax])
 def test_softmax_under_autocast_computes_in_float32(op, dtype):
     x = torch.randn(4, 8, device="cuda")

@@ -206,11 +206,6 @@ def test_untyped_storage_on_cuda(cuda_memory_baseline):
     del storage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: UntypedStorage.resize_ on a cuda storage raises 'built without USE_CUDA' "
-    "(torch's binding calls the CUDA caching allocator directly); FSDP frees/reallocates parameters this way",
-)
 def test_cuda_storage_resize():
     storage = torch.zeros(4, device="cuda").untyped_storage()
     storage.resize_(0)

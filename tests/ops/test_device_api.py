@@ -24,10 +24,6 @@ NOT_EMULATED = {
     "GreenContext",  # SM partitioning
     "current_blas_handle",  # raises: no cuBLAS/cuSOLVER library is loaded
     "current_solver_handle",
-    "host_memory_stats",  # raises until the pinned allocator counts (strict xfail in test_host.py)
-    "host_memory_stats_as_nested_dict",
-    "reset_accumulated_host_memory_stats",
-    "reset_peak_host_memory_stats",
 }
 
 # A trivial call for each public function that takes arguments.

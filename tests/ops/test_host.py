@@ -21,11 +21,6 @@ def test_pin_memory_is_pinned():
     assert not torch.randn(3, device="cuda").is_pinned()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: pin_memory() of a cuda tensor returns it; CUDA raises "
-    "\"cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned\"",
-)
 def test_pinning_a_cuda_tensor_raises_like_cuda():
     with pytest.raises(RuntimeError, match="only dense CPU tensors can be pinned"):
         torch.randn(3, device="cuda").pin_memory()
@@ -58,11 +53,6 @@ def test_non_blocking_copies_both_ways():
     assert torch.equal(out.cpu(), host)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: a non_blocking cuda->cpu copy returns pageable memory; CUDA's _to_copy allocates "
-    "the CPU result pinned (pin_out) so the copy can be asynchronous",
-)
 def test_non_blocking_device_to_host_result_is_pinned():
     assert torch.ones(4, device="cuda").to("cpu", non_blocking=True).is_pinned()
 
@@ -139,11 +129,6 @@ def test_tunableop_is_off_and_jiterator_says_why():
         doubler(torch.ones(2, device="cuda"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: the pinned host allocator keeps no statistics; torch.cuda.host_memory_stats() "
-    "needs allocations/allocated_bytes/active_* counters from it",
-)
 def test_host_memory_stats():
     pinned = torch.empty(1024, dtype=torch.uint8).pin_memory()
     stats = torch.cuda.host_memory_stats()

@@ -68,19 +68,36 @@ def real_mps_available() -> bool:
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
+MAX_DEVICE_COUNT = 64
+
+
 def emulated_device_count() -> int:
-    """TORCHDEVICE_DEVICE_COUNT devices, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows GPUs."""
+    """TORCHDEVICE_DEVICE_COUNT devices, narrowed by CUDA_VISIBLE_DEVICES as CUDA narrows GPUs.
+
+    Without TORCHDEVICE_DEVICE_COUNT, a process started by torchrun gets one device per local
+    process (LOCAL_WORLD_SIZE), as a GPU node for ``--nproc_per_node`` would have, so
+    ``torch.cuda.set_device(local_rank)`` finds its device; otherwise one device.
+    """
     raw = os.environ.get("TORCHDEVICE_DEVICE_COUNT", "").strip()
     try:
-        physical = int(raw) if raw else DEFAULT_DEVICE_COUNT
+        physical = int(raw) if raw else _local_world_size() or DEFAULT_DEVICE_COUNT
     except ValueError:
         raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={raw!r} is not an integer") from None
-    if not 0 <= physical <= 64:
-        raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={physical} is out of range; choose 0 to 64")
+    if not 0 <= physical <= MAX_DEVICE_COUNT:
+        raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={physical} is out of range; choose 0 to {MAX_DEVICE_COUNT}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return physical
     return len(_parse_visible_devices(visible, physical))
+
+
+def _local_world_size() -> int | None:
+    # torchrun's variable, not ours: a value that is no positive integer is ignored rather than
+    # failing the launch, and more local processes than the emulator allows get its maximum.
+    raw = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        return None
+    return min(int(raw), MAX_DEVICE_COUNT)
 
 
 def _parse_visible_devices(value: str, physical: int) -> list[int]:

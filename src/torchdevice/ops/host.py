@@ -181,9 +181,14 @@ def apply_patches() -> None:
     for name, library in (("_cuda_getCurrentBlasHandle", "cuBLAS"), ("_cuda_getCurrentSolverHandle", "cuSOLVER")):
         REGISTRY.patch(C, name, _unavailable(name, f"the emulated device has no {library} handle: its kernels run on the host"), owner=OWNER)
 
-    # The pinned host allocator (C++ hooks) keeps no statistics yet.
-    for name in ("_cuda_hostMemoryStats", "_cuda_resetAccumulatedHostMemoryStats", "_cuda_resetPeakHostMemoryStats"):
-        REGISTRY.patch(C, name, _unavailable(name, "pinned host memory statistics are not counted by the emulated device yet"), owner=OWNER)
+    # The pinned host allocator of the native core counts like CUDA's host allocator.
+    from torchdevice import _C as native
+
+    REGISTRY.patch(C, "_cuda_hostMemoryStats", _distinct_call(native.host_memory_stats, "_cuda_hostMemoryStats"), owner=OWNER)
+    REGISTRY.patch(C, "_cuda_resetAccumulatedHostMemoryStats",
+                   _distinct_call(native.reset_accumulated_host_memory_stats, "_cuda_resetAccumulatedHostMemoryStats"), owner=OWNER)
+    REGISTRY.patch(C, "_cuda_resetPeakHostMemoryStats",
+                   _distinct_call(native.reset_peak_host_memory_stats, "_cuda_resetPeakHostMemoryStats"), owner=OWNER)
 
     # Run-time compilation of CUDA C++ (NVRTC) has nothing to compile for on the host.
     name = "_cuda_jiterator_compile_and_launch_kernel"
@@ -237,3 +242,13 @@ def _off_only(name: str):
 
     switch.__name__ = switch.__qualname__ = name
     return switch
+
+
+def _distinct_call(fn, name: str):
+    """A Python function (a distinct object per binding) calling a native one."""
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call

@@ -7,6 +7,10 @@ any checkpoint whose storages are tagged ``cuda:N`` (saved here or on a real GPU
 ``map_location``. The constructor is given a Python ``__new__`` that makes cuda storages the way
 tensors get theirs, through the emulated allocator (so their bytes are counted), and leaves
 every other device to torch.
+
+``UntypedStorage.resize_`` has the same gap (torch's binding knows CPU and the real CUDA caching
+allocator only, "built without USE_CUDA"); FSDP frees and regrows parameter storages with it.
+Emulated storages are resized by the native core through the emulated allocator.
 """
 
 from __future__ import annotations
@@ -50,5 +54,20 @@ def _untyped_storage_new(cls: type, *args: Any, **kwargs: Any) -> torch.UntypedS
     return storage
 
 
+_base_resize = torch.UntypedStorage.resize_
+
+
+def _untyped_storage_resize(self: torch.UntypedStorage, size: int) -> torch.UntypedStorage:
+    if self.device.type != _TYPE:
+        return _base_resize(self, size)
+    from torchdevice import _C
+
+    # The native call takes a tensor viewing the storage; the storage object itself is resized.
+    view = torch.empty(0, dtype=torch.uint8, device=self.device).set_(self)
+    _C.resize_storage_bytes(view, int(size))
+    return self
+
+
 def apply_patches() -> None:
     REGISTRY.patch(torch.storage.UntypedStorage, "__new__", staticmethod(_untyped_storage_new), owner=OWNER)
+    REGISTRY.patch(torch.UntypedStorage, "resize_", _untyped_storage_resize, owner=OWNER)

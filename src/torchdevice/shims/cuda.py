@@ -87,10 +87,6 @@ def apply_patches() -> None:
     def is_available() -> bool:
         return _C.device_count(_TYPE) > 0
 
-    @patch(cuda, "_is_compiled", owner=OWNER)
-    def _is_compiled() -> bool:
-        return True
-
     @patch(cuda, "device_count", owner=OWNER)
     def device_count() -> int:
         return _C.device_count(_TYPE)

@@ -1,0 +1,1 @@
+"""Integrations with torch subsystems that sit above the ``torch.cuda`` runtime (``torch.compile``)."""

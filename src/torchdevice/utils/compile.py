@@ -1,0 +1,300 @@
+"""``torch.compile`` (default backend: inductor) on the emulated GPU.
+
+Inductor generates Triton kernels for ``cuda`` tensors, and Triton needs a real GPU. The memory
+of an emulated ``cuda`` tensor is host memory, so inductor's C++/OpenMP CPU code generation is
+correct for it: its kernels take raw data pointers, which here are host pointers. This module
+routes the ``cuda`` device to that code generation:
+
+* inductor's backend table (``register_backend_for_device``, its public extension API) gets
+  ``CppScheduling`` for ``cuda`` and a Python wrapper that calls the C++ kernels without a CUDA
+  stream argument and allocates its buffers with ``device='cuda:N'`` (through the emulated
+  allocator), so compiled graphs take and return ``cuda`` tensors;
+* ``cuda`` leaves inductor's list of GPU types (``torch._inductor.utils.GPU_TYPES``, read by its
+  ``is_gpu``): every decision inductor makes for a GPU (Triton availability, device guards,
+  stream handles, GPU-only decompositions and padding) is then made as for the host that really
+  runs the kernels;
+* CUDA graphs (``mode="reduce-overhead"``, ``triton.cudagraphs``) are switched off for compiled
+  graphs: cudagraph trees drive the CUDA caching allocator's private pools, which the emulated
+  device does not have. The compiled graph runs without them (one debug log line), which is what
+  inductor itself does whenever a graph cannot be captured;
+* a graph inductor cannot compile runs eagerly, with one warning through the ``torchdevice``
+  logger, instead of failing the user's program.
+
+Importing inductor takes seconds, so nothing here imports it: ``apply_patches`` only arranges
+for ``torch._inductor.compile_fx`` (the entry point of every inductor compilation) to be
+wrapped when something imports it, and the backend is installed on the first compilation.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.abc
+import inspect
+import logging
+import sys
+import threading
+from typing import Any, Callable
+
+import torch
+
+from torchdevice.core.patch import REGISTRY
+
+OWNER = "utils.compile"
+_TYPE = "cuda"
+_ENTRY_MODULE = "torch._inductor.compile_fx"
+
+logger = logging.getLogger("torchdevice")
+
+_install_lock = threading.Lock()
+_backend_installed = False
+_cudagraphs_notice_logged = False
+
+
+def apply_patches() -> None:
+    """Arrange for inductor to compile emulated ``cuda`` graphs as host C++ (see the module docstring)."""
+    from torchdevice import plan
+
+    if not plan.emulates_cuda or plan.runner != "cpu":
+        # Inductor's C++ kernels dereference data pointers on the host: only right when the
+        # emulated device's memory is host memory.
+        logger.debug("torch.compile: inductor is left as it is (runner %s)", plan.runner)
+        return
+    module = sys.modules.get(_ENTRY_MODULE)
+    if module is not None:
+        _wrap_entry_point(module)
+    else:
+        sys.meta_path.insert(0, _AfterImport(_ENTRY_MODULE, _wrap_entry_point))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Run ``callback(module)`` once, right after the module named ``name`` is first imported.
+
+    Python has no post-import hook; this finder answers only for that one name, delegates the
+    finding and loading to the finders after it, and removes itself on first use, so other
+    imports never reach it again.
+    """
+
+    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
+        self.name = name
+        self.callback = callback
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(fullname, path, target) if find_spec is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _NotifyingLoader(spec.loader, self.callback)
+        return spec
+
+
+class _NotifyingLoader(importlib.abc.Loader):
+    """A module loader that calls ``callback(module)`` after the wrapped loader executed it."""
+
+    def __init__(self, loader: Any, callback: Callable[[Any], None]) -> None:
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        # Tracebacks and inspect.getsource ask the module's __loader__ for its source.
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        try:
+            self._callback(module)
+        except Exception:
+            # Never break `import torch._inductor...` for the user: compilation then fails as
+            # it would without torchdevice, and the reason is logged.
+            logger.exception("torch.compile: could not route inductor to the emulated device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+def _wrap_entry_point(module: Any) -> None:
+    original = module.compile_fx
+    signature = inspect.signature(original)
+
+    def compile_fx(*args: Any, **kwargs: Any) -> Any:
+        _install_backend()
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["config_patches"] = _without_cudagraphs(bound.arguments.get("config_patches"))
+        graph = bound.arguments.get("model_", args[0] if args else None)
+        # compile_fx takes ownership of the graph module and may rewrite it before failing; a
+        # copy of its graph (sharing parameters and submodules) is what runs eagerly then.
+        fallback = _eager_copy(graph)
+        try:
+            return original(*bound.args, **bound.kwargs)
+        except Exception as error:
+            if fallback is None or not _may_fall_back(error):
+                raise
+            logger.warning(
+                "torch.compile: inductor could not compile a graph for the emulated GPU "
+                "(%s: %s); that graph runs eagerly",
+                type(error).__name__, _first_line(error),
+            )
+            logger.debug("torch.compile: inductor failure", exc_info=True)
+            return fallback
+
+    compile_fx.__doc__ = original.__doc__
+    compile_fx.__wrapped__ = original  # type: ignore[attr-defined]
+    REGISTRY.patch(module, "compile_fx", compile_fx, owner=OWNER)
+
+
+def _without_cudagraphs(config_patches: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``config_patches`` with CUDA graphs off when they were asked for (mode or global config)."""
+    global _cudagraphs_notice_logged
+    from torch._inductor import config
+
+    patches = dict(config_patches or {})
+    if not patches.get("triton.cudagraphs", config.triton.cudagraphs):
+        return config_patches
+    if not _cudagraphs_notice_logged:
+        _cudagraphs_notice_logged = True
+        logger.debug(
+            "torch.compile: CUDA graphs (mode='reduce-overhead') are not used on the emulated GPU; "
+            "compiled graphs run without them"
+        )
+    # In the patches, not just the ambient config: compile_fx re-applies its patches around
+    # the backward compilation, which happens later, outside this call.
+    patches["triton.cudagraphs"] = False
+    return patches
+
+
+def _eager_copy(graph: Any) -> Any:
+    if not isinstance(graph, torch.fx.GraphModule):
+        return None
+    return torch.fx.GraphModule(graph, copy.deepcopy(graph.graph), class_name=type(graph).__name__)
+
+
+def _may_fall_back(error: Exception) -> bool:
+    """Whether running the graph eagerly is the right answer to ``error``."""
+    from torch._dynamo import exc as dynamo_exc
+    from torch._inductor.virtualized import V
+
+    if V.aot_compilation:
+        return False  # AOTInductor must produce its artifact; a Python callable is no answer
+    # Dynamo's own control flow (restarts, skipped frames) and the errors it turns into graph
+    # breaks or reports as the user's (IndexError) are its to handle.
+    passthrough = (dynamo_exc.TorchDynamoException, IndexError, *dynamo_exc.exceptions_allowed_to_be_fallback)
+    return not isinstance(error, passthrough)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _install_backend() -> None:
+    """Route ``cuda`` to inductor's C++ backend; once, on the first compilation."""
+    global _backend_installed
+    if _backend_installed:
+        return
+    with _install_lock:
+        if _backend_installed:
+            return
+        from torch._inductor import utils as inductor_utils
+        from torch._inductor.codegen import common
+        from torch._inductor.codegen.cpp import CppScheduling
+
+        REGISTRY.patch(
+            inductor_utils, "GPU_TYPES", [t for t in inductor_utils.GPU_TYPES if t != _TYPE], owner=OWNER
+        )
+        # Fill the table with inductor's defaults first, so they cannot replace this entry later.
+        common.init_backend_registration()
+        common.register_backend_for_device(
+            _TYPE,
+            CppScheduling,
+            _wrapper_codegen_class(),
+            # No C++ wrapper (cpp_wrapper=True, AOTInductor) or FX wrapper for the emulated
+            # device: inductor reports the device as unsupported there, and the graph runs
+            # eagerly (see compile_fx above).
+            None,
+            None,
+            device_custom_pass=_codegen_identity(),
+        )
+        _backend_installed = True
+        logger.debug("torch.compile: inductor compiles emulated cuda graphs with its C++ backend")
+
+
+def _codegen_identity() -> Any:
+    """A backend pass that changes nothing and identifies this code generation.
+
+    Inductor puts the ``uuid()`` of each device's backend pass into the key of its on-disk cache
+    of compiled graphs: with it, a graph compiled by another version of this module (or, on a
+    machine with GPUs, by Triton) is never loaded for the emulated device.
+    """
+    from torch._inductor.custom_graph_pass import CustomGraphModulePass, get_hash_for_files
+
+    class CodegenIdentity(CustomGraphModulePass):
+        def __call__(self, gm: torch.fx.GraphModule) -> None:
+            return None
+
+        def uuid(self) -> bytes:
+            return get_hash_for_files((__file__,), extra="torchdevice: emulated cuda through C++ codegen")
+
+    return CodegenIdentity()
+
+
+def _wrapper_codegen_class() -> type:
+    """Inductor's Python wrapper codegen, adapted to C++ kernels on ``cuda`` tensors."""
+    from torch._inductor.codegen.wrapper import PythonWrapperCodegen, SubgraphPythonWrapperCodegen
+
+    class EmulatedCudaWrapper:
+        """Mixin over inductor's wrapper classes (for the graph and for its subgraphs)."""
+
+        def _generate_kernel_call_helper(self, kernel_name: str, call_args: Any, **kwargs: Any) -> None:
+            device = kwargs.get("device") or _current_graph_device()
+            if not kwargs.get("triton", True) and device.type == _TYPE:
+                # A C++ kernel: called like on the host, without the cudaStream_t argument
+                # inductor passes to CUDA C++ kernels.
+                self.writeline(self.wrap_kernel_call(kernel_name, call_args))
+                return
+            super()._generate_kernel_call_helper(kernel_name, call_args, **kwargs)
+
+        def make_allocation(self, name, device, dtype, shape, stride, allocation_shape=None, is_pinned=False):
+            if device.type != _TYPE:
+                return super().make_allocation(name, device, dtype, shape, stride, allocation_shape, is_pinned)
+            # torch.empty_strided with the buffer's own device: the emulated allocator, and the
+            # right device even without the device guard inductor puts around GPU code.
+            # (empty_strided_cuda, inductor's fast path, is CUDA's C++ allocator.)
+            if allocation_shape is None:
+                allocation_shape = shape
+            shape_code = self.codegen_python_shape_tuple(shape)
+            allocation_code = self.codegen_python_shape_tuple(allocation_shape)
+            stride_code = self.codegen_python_shape_tuple(stride)
+            line = f"{name} = empty_strided({allocation_code}, {stride_code}, device='{device}', dtype={dtype})"
+            if shape_code != allocation_code:
+                line += f".as_strided({shape_code}, {stride_code})"
+            return line
+
+    class EmulatedCudaSubgraphWrapperCodegen(EmulatedCudaWrapper, SubgraphPythonWrapperCodegen):
+        pass
+
+    class EmulatedCudaWrapperCodegen(EmulatedCudaWrapper, PythonWrapperCodegen):
+        @staticmethod
+        def create(is_subgraph, subgraph_name, parent_wrapper, partition_signatures=None):
+            if is_subgraph:
+                return EmulatedCudaSubgraphWrapperCodegen(subgraph_name, parent_wrapper, partition_signatures)
+            return EmulatedCudaWrapperCodegen()
+
+    return EmulatedCudaWrapperCodegen
+
+
+def _current_graph_device() -> torch.device:
+    from torch._inductor.virtualized import V
+
+    return V.graph.get_current_device_or_throw()
