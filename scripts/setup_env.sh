@@ -3,13 +3,25 @@
 # Idempotent: a second run only re-checks the packages and rebuilds the C++ incrementally.
 #
 #   PYTHON=python3.11 bash scripts/setup_env.sh    # choose the interpreter (default: python3)
+#   TORCH_VERSION=2.14.1 bash scripts/setup_env.sh  # another torch release: its own venv and build
+#   INTEGRATION=0 bash scripts/setup_env.sh         # skip the libraries of tests/integration
+#
+# Tested torch releases: 2.13.0 (CPU build, the default) and 2.14.1 (the default Linux wheel, a
+# CUDA build, ~5.5 GB). Each gets its own venv and C++ build directory.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION="2.13.0"
-VENV=".venv"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+if [[ "$TORCH_VERSION" == "2.13.0" ]]; then
+  VENV=".venv"
+  INTEGRATION="${INTEGRATION:-1}"
+else
+  VENV=".venv-torch-$TORCH_VERSION"
+  INTEGRATION="${INTEGRATION:-0}"
+fi
+BUILD_DIR="build/torch-$TORCH_VERSION"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "setup_env: creating $VENV with $("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
@@ -24,9 +36,17 @@ echo "setup_env: installing torch==$TORCH_VERSION and the build/test tools"
   "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest expecttest numpy
 
 # --no-build-isolation: build against the torch installed above, not one an isolated build
-# environment would download. The C++ build (and its ctest binary) lives in build/<wheel tag>.
-echo "setup_env: building and installing torchdevice (editable)"
-"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e . "torch==$TORCH_VERSION"
+# environment would download. The C++ build (and its ctest binary) lives in $BUILD_DIR.
+echo "setup_env: building and installing torchdevice (editable) in $BUILD_DIR"
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+  -C build-dir="$BUILD_DIR" -e . "torch==$TORCH_VERSION"
+
+if [[ "$INTEGRATION" == "1" ]]; then
+  # The libraries tests/integration drives, pinned, with torch held at this exact release.
+  echo "setup_env: installing the integration-test libraries"
+  "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-integration.txt \
+    -c <(echo "torch==$TORCH_VERSION")
+fi
 
 "$PY" - "$TORCH_VERSION" <<'PYEOF'
 import sys

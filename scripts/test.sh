@@ -5,22 +5,25 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# TORCH_VERSION selects the torch release to test against (see setup_env.sh).
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+export TORCH_VERSION
 bash scripts/setup_env.sh
-PY=".venv/bin/python"
+if [[ "$TORCH_VERSION" == "2.13.0" ]]; then VENV=".venv"; else VENV=".venv-torch-$TORCH_VERSION"; fi
+PY="$VENV/bin/python"
+BUILD_DIR="build/torch-$TORCH_VERSION"
 
 status=0
-echo "test: pytest"
+echo "test: pytest (torch $TORCH_VERSION)"
 "$PY" -m pytest -q "$@" || status=$?
 
-# The C++ test binary is built by the editable install into build/<wheel tag> (pyproject's
-# build-dir); take the most recently configured one should several tags be present.
-ctest_file="$(ls -t build/*/CTestTestfile.cmake 2>/dev/null | head -n 1 || true)"
-if [[ -z "$ctest_file" ]]; then
-  echo "test: no C++ test build under build/*/ (pyproject sets TORCHDEVICE_BUILD_TESTS=ON)" >&2
+# The C++ test binary is built by the editable install (TORCHDEVICE_BUILD_TESTS=ON in pyproject).
+if [[ ! -f "$BUILD_DIR/CTestTestfile.cmake" ]]; then
+  echo "test: no C++ test build in $BUILD_DIR" >&2
   status=1
 else
-  echo "test: ctest in $(dirname "$ctest_file")"
-  .venv/bin/ctest --test-dir "$(dirname "$ctest_file")" --output-on-failure || status=$?
+  echo "test: ctest in $BUILD_DIR"
+  "$VENV/bin/ctest" --test-dir "$BUILD_DIR" --output-on-failure || status=$?
 fi
 
 exit "$status"
