@@ -19,9 +19,7 @@ Activation activate(c10::DeviceType type, int count) {
   c10::SetAllocator(type, &allocator_for(type), /*priority=*/UINT8_MAX);
   Activation result;
   result.fallback_registrations = dispatch::register_dispatch(type);
-  if (type == c10::DeviceType::CUDA) {
-    result.hooks_route = install_cuda_hooks();
-  }
+  result.hooks_route = type == c10::DeviceType::CUDA ? install_cuda_hooks() : install_mps_hooks();
   return result;
 }
 

@@ -229,6 +229,7 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
     if (c10::StorageImpl* original_storage = call.standins.original_storage_of(storage)) {
       rebase_view(out, original_storage);
     } else {
+      check_dtype_supported(kType, out.scalar_type());
       adopt_output(out, device);
     }
     return std::nullopt;

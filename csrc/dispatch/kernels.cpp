@@ -31,6 +31,7 @@ at::Tensor empty_memory_format(c10::SymIntArrayRef size, std::optional<at::Scala
   TORCH_CHECK(layout.value_or(at::kStrided) == at::kStrided, "torchdevice: only strided tensors are supported on ",
               c10::DeviceTypeName(kType, true), ", got layout ", *layout);
   const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
+  check_dtype_supported(kType, c10::dtype_or_default(dtype));
   c10::DeviceGuard guard(dev);  // the allocator serves the current device, as CUDA's does
   return at::detail::empty_generic(C10_AS_INTARRAYREF_SLOW(size), &allocator_for(kType),
                                    c10::DispatchKeySet(dispatch_key<kType>()),
@@ -45,6 +46,7 @@ at::Tensor empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, s
   TORCH_CHECK(layout.value_or(at::kStrided) == at::kStrided, "torchdevice: only strided tensors are supported on ",
               c10::DeviceTypeName(kType, true), ", got layout ", *layout);
   const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
+  check_dtype_supported(kType, c10::dtype_or_default(dtype));
   c10::DeviceGuard guard(dev);
   return at::detail::empty_strided_generic(C10_AS_INTARRAYREF_SLOW(size), C10_AS_INTARRAYREF_SLOW(stride),
                                            &allocator_for(kType), c10::DispatchKeySet(dispatch_key<kType>()),

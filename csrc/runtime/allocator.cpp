@@ -85,9 +85,9 @@ EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex d
 void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  const auto limit = static_cast<int64_t>(d.fraction * static_cast<double>(total_memory_));
+  const double limit = d.fraction * static_cast<double>(total_memory_);  // may be +inf (no limit)
   const auto in_use = d.stats.allocated_bytes[0].current;
-  if (C10_UNLIKELY(in_use + static_cast<int64_t>(nbytes) > limit)) {
+  if (C10_UNLIKELY(static_cast<double>(in_use + static_cast<int64_t>(nbytes)) > limit)) {
     ++d.stats.num_ooms;
     const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
     // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
@@ -193,6 +193,12 @@ void EmulatedAllocator::set_memory_fraction(double fraction, c10::DeviceIndex de
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
   d.fraction = fraction;
+}
+
+void EmulatedAllocator::set_limit_ratio(double ratio, c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<std::mutex> lock(d.mutex);
+  d.fraction = ratio;
 }
 
 double EmulatedAllocator::memory_fraction(c10::DeviceIndex device) {

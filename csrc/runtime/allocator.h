@@ -35,7 +35,8 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   // Emulated device memory: total bytes and the per-process fraction CUDA users can cap.
   void set_total_memory(size_t bytes);
   size_t total_memory() const { return total_memory_; }
-  void set_memory_fraction(double fraction, c10::DeviceIndex device);
+  void set_memory_fraction(double fraction, c10::DeviceIndex device);  // CUDA's checks: [0, 1]
+  void set_limit_ratio(double ratio, c10::DeviceIndex device);         // unchecked (MPS: up to 2, inf)
   double memory_fraction(c10::DeviceIndex device);
 
   c10::DeviceType type() const { return type_; }

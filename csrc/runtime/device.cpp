@@ -60,6 +60,14 @@ void set_current_device(c10::DeviceType type, c10::DeviceIndex index) {
   t_current_device[slot(type)] = index;
 }
 
+void check_dtype_supported(c10::DeviceType type, c10::ScalarType dtype) {
+  if (type == c10::DeviceType::MPS) {
+    TORCH_CHECK_TYPE(dtype != c10::ScalarType::Double,
+                     "Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
+                     "Please use float32 instead.");
+  }
+}
+
 c10::Device resolve_device(c10::Device device) {
   if (!device.has_index()) {
     return c10::Device(device.type(), current_device(device.type()));

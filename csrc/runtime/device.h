@@ -3,6 +3,7 @@
 
 #include <c10/core/Device.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
 
 namespace torchdevice {
 
@@ -21,6 +22,10 @@ void check_device_index(c10::DeviceType type, c10::DeviceIndex index);
 // Thread-local current device, as cudaSetDevice keeps it per host thread.
 c10::DeviceIndex current_device(c10::DeviceType type);
 void set_current_device(c10::DeviceType type, c10::DeviceIndex index);
+
+// Apple's MPS has no float64: emulated mps tensors refuse it with MPS's own error (a TypeError),
+// so code that passes here passes on a Mac.
+void check_dtype_supported(c10::DeviceType type, c10::ScalarType dtype);
 
 // Resolves -1 / no index to the current device and validates the ordinal.
 c10::Device resolve_device(c10::Device device);

@@ -19,4 +19,8 @@ extern "C" bool torchdevice_register_cuda_hooks();
 // Returns "registry" or "vtable" (how it was done).
 const char* install_cuda_hooks();
 
+// The same for MPS (at::detail::getMPSHooks(): torch.mps and torch._C._mps_* go through it).
+extern "C" bool torchdevice_register_mps_hooks();
+const char* install_mps_hooks();
+
 } // namespace torchdevice

@@ -1,6 +1,6 @@
 #include "runtime/internals.h"
 
-#include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/detail/AcceleratorHooksInterface.h>
 #include <c10/core/TensorImpl.h>
 
 #include <cstring>
@@ -38,7 +38,7 @@ void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
   impl->*TensorImplAccess::device_opt = device;
 }
 
-void adopt_hooks_vtable(const at::CUDAHooksInterface& live, const at::CUDAHooksInterface& replacement) {
+void adopt_hooks_vtable(const at::AcceleratorHooksInterface& live, const at::AcceleratorHooksInterface& replacement) {
   // Itanium C++ ABI: the vtable pointer is the object's first word. torch heap-allocates its
   // hooks object and never frees it, so rewriting that word is safe once no other thread
   // is inside a hooks call (we do it while activating, under the GIL).

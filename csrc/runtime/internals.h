@@ -14,7 +14,7 @@ namespace c10 {
 struct TensorImpl;
 } // namespace c10
 namespace at {
-struct CUDAHooksInterface;
+struct AcceleratorHooksInterface;
 }
 
 namespace torchdevice::internals {
@@ -23,9 +23,10 @@ namespace torchdevice::internals {
 // autocast keys change; autograd/conj/neg/zero-tensor keys stay. The storage is untouched.
 void relabel_tensor(c10::TensorImpl* impl, c10::Device device);
 
-// Turns the live CUDA hooks object into `replacement`'s dynamic type by copying its vtable
-// pointer. Used only when torch created its hooks before torchdevice could register its own
-// (i.e. `import torch` ran first). Both types must be data-free CUDAHooksInterface subclasses.
-void adopt_hooks_vtable(const at::CUDAHooksInterface& live, const at::CUDAHooksInterface& replacement);
+// Turns a live hooks object (CUDA or MPS) into `replacement`'s dynamic type by copying its
+// vtable pointer. Used only when torch created its hooks before torchdevice could register its
+// own (i.e. `import torch` ran first). The replacement's type must be a data-free subclass of the
+// same hooks interface as the live object.
+void adopt_hooks_vtable(const at::AcceleratorHooksInterface& live, const at::AcceleratorHooksInterface& replacement);
 
 } // namespace torchdevice::internals

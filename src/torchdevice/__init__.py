@@ -1,8 +1,9 @@
 """torchdevice: PyTorch code written for CUDA runs unmodified where there is no NVIDIA GPU.
 
 ``import torchdevice`` (before or after ``import torch``) activates the backend chosen by
-``TORCH_DEVICE_BACKEND`` (auto|cpu|mps|cuda). Tensors on the emulated device really say
-``cuda:0``; every op runs the CPU kernel on the same memory and gives its result bit for bit.
+``TORCH_DEVICE_BACKEND`` (auto|cpu|mps|cuda); ``TORCHDEVICE_EMULATE=mps`` emulates Apple's mps
+instead of cuda. Tensors on the emulated device really say ``cuda:0`` (or ``mps:0``); every op
+runs the CPU kernel on the same memory and gives its result bit for bit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ plan = _device.plan()
 # Before torch exists, so torch picks our CUDA hooks from its own registry. Not on a CUDA build
 # of torch: there its real hooks register too, and the registry would print a warning about the
 # duplicate; the hooks object is taken over after import instead.
-_hooks_preloaded = plan.emulates_cuda and not _device.torch_has_cuda_build() and _native.preload()
+_hooks_preloaded = bool(plan.emulated) and not _device.torch_has_cuda_build() and _native.preload(plan.emulated[0])
 
 import torch  # noqa: E402
 
@@ -33,15 +34,20 @@ def _activate() -> None:
         _logger.info("runner %s: nothing to emulate", plan.runner)
         return
     from torchdevice import _C
-    from torchdevice.shims import cuda as _cuda_shims
 
-    activation.update(_C.activate("cuda", plan.device_count))
-    _cuda_shims.apply_patches()
-    from torchdevice import ops as _ops
+    activation.update(_C.activate(plan.emulated[0], plan.device_count))
+    if plan.emulated[0] == "mps":
+        from torchdevice.shims import mps as _mps_shims
 
-    _ops.apply_patches()
-    if plan.device_count > 0:
-        torch.cuda._lazy_init()
+        _mps_shims.apply_patches()
+    else:
+        from torchdevice import ops as _ops
+        from torchdevice.shims import cuda as _cuda_shims
+
+        _cuda_shims.apply_patches()
+        _ops.apply_patches()
+        if plan.device_count > 0:
+            torch.cuda._lazy_init()
     from torchdevice.core import shutdown as _shutdown
 
     # Registered now, before user code adds exit handlers, so it runs after theirs.

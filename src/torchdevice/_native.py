@@ -27,15 +27,17 @@ def core_library_path() -> str:
     return os.path.join(os.path.dirname(spec.origin), CORE_LIBRARY)
 
 
-def preload() -> bool:
-    """Register the CUDA hooks before torch creates its own. Returns False if torch came first."""
+def preload(device_type: str = "cuda") -> bool:
+    """Register the hooks of `device_type` ("cuda" or "mps") before torch creates its own.
+    Returns False if torch came first."""
     global _preloaded
     if _preloaded:
         return True
     if "torch" in sys.modules:
         return False
     lib = ctypes.CDLL(core_library_path(), mode=os.RTLD_NOW | ctypes.RTLD_GLOBAL)
-    lib.torchdevice_register_cuda_hooks.restype = ctypes.c_bool
-    lib.torchdevice_register_cuda_hooks()
+    register = getattr(lib, f"torchdevice_register_{device_type}_hooks")
+    register.restype = ctypes.c_bool
+    register()
     _preloaded = True
     return True

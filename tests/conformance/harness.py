@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import pathlib
 import traceback
 from typing import Any, Callable, Iterable
@@ -19,7 +20,22 @@ import torch.utils._pytree as pytree
 
 KNOWN_DIFFERENCES = pathlib.Path(__file__).with_name("known_differences.txt")
 SEED = 1234
-CUDA = "cuda"
+# The emulated device under test: cuda, or mps when the process emulates mps.
+DEVICE = os.environ.get("TORCHDEVICE_EMULATE", "").strip().lower() or "cuda"
+
+
+# Apple's MPS has no float64: on a Mac these samples cannot run at all, and emulated mps raises the
+# same TypeError. They are counted apart ("unsupported"), not as identical or different.
+MPS_NO_FLOAT64 = "Cannot convert a MPS Tensor to float64 dtype"
+
+
+class Unsupported(Exception):
+    """The sample cannot exist on the device under test (MPS's missing float64)."""
+
+
+def _raise_if_unsupported(err: BaseException | None) -> None:
+    if DEVICE == "mps" and isinstance(err, TypeError) and MPS_NO_FLOAT64 in str(err):
+        raise Unsupported(str(err))
 
 
 @dataclasses.dataclass
@@ -27,6 +43,7 @@ class Result:
     case: str  # e.g. "ops/add/float32"
     samples: int = 0
     identical: int = 0
+    unsupported: int = 0
     failures: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -35,7 +52,8 @@ class Result:
 
 
 def load_known_differences() -> dict[str, str]:
-    """case -> reason, from known_differences.txt ("case  # reason" lines)."""
+    """case -> reason, from known_differences.txt ("case  # reason" lines; "[mps] case" lines
+    apply only when mps is the device under test)."""
     known: dict[str, str] = {}
     if KNOWN_DIFFERENCES.exists():
         for line in KNOWN_DIFFERENCES.read_text().splitlines():
@@ -43,7 +61,12 @@ def load_known_differences() -> dict[str, str]:
             if not line or line.startswith("#"):
                 continue
             case, _, reason = line.partition("#")
-            known[case.strip()] = reason.strip()
+            case = case.strip()
+            if case.startswith("[mps]"):
+                if DEVICE != "mps":
+                    continue
+                case = case[len("[mps]"):].strip()
+            known[case] = reason.strip()
     return known
 
 
@@ -89,8 +112,8 @@ def _strides_defined(t: torch.Tensor) -> bool:
 
 
 def compare_tensors(expected: torch.Tensor, actual: torch.Tensor, what: str, allow_cpu: bool = False) -> str | None:
-    if actual.device.type != CUDA and not allow_cpu:
-        return f"{what}: on {actual.device}, expected cuda"
+    if actual.device.type != DEVICE and not allow_cpu:
+        return f"{what}: on {actual.device}, expected {DEVICE}"
     if expected.dtype != actual.dtype:
         return f"{what}: dtype {actual.dtype} != {expected.dtype}"
     if expected.shape != actual.shape:
@@ -152,7 +175,7 @@ def compare_trees(expected: Any, actual: Any, what: str, allow_cpu: bool = False
 def _metadata(t: Any) -> Any:
     if not isinstance(t, torch.Tensor):
         return t
-    return (t.device.type.replace(CUDA, "cpu"), t.dtype, tuple(t.shape), t.stride() if t.layout == torch.strided else None)
+    return (t.device.type.replace(DEVICE, "cpu"), t.dtype, tuple(t.shape), t.stride() if t.layout == torch.strided else None)
 
 
 def _compare_plain(fn, args_cpu, args_cuda, what: str) -> str | None:
@@ -165,8 +188,7 @@ def _compare_plain(fn, args_cpu, args_cuda, what: str) -> str | None:
 
 
 def seeded(fn: Callable[[], Any]) -> Any:
-    torch.manual_seed(SEED)
-    torch.cuda.manual_seed_all(SEED)
+    torch.manual_seed(SEED)  # seeds the emulated device's generators too, as on a GPU or a Mac
     return fn()
 
 
@@ -184,13 +206,15 @@ def run_both(fn_cpu: Callable[[], Any], fn_cuda: Callable[[], Any]) -> tuple[Any
 
 
 def check_errors(err_cpu, err_cuda, what: str) -> str | None:
+    if err_cpu is None:
+        _raise_if_unsupported(err_cuda)
     if err_cpu is None and err_cuda is None:
         return None
     if err_cpu is not None and err_cuda is not None:
         return None  # both reject the input (messages may name the device)
     if err_cuda is not None:
-        return f"{what}: cuda raised {type(err_cuda).__name__}: {str(err_cuda).splitlines()[0][:200]}"
-    return f"{what}: cpu raised {type(err_cpu).__name__} but cuda did not"
+        return f"{what}: {DEVICE} raised {type(err_cuda).__name__}: {str(err_cuda).splitlines()[0][:200]}"
+    return f"{what}: cpu raised {type(err_cpu).__name__} but {DEVICE} did not"
 
 
 def grads_of(inputs: Iterable[torch.Tensor]) -> list:
@@ -230,7 +254,7 @@ def run_opinfo(op, dtype: torch.dtype, max_samples: int | None = None) -> Result
     # Samples made for device "cuda" place each tensor where the op expects it (some arguments
     # must stay on the CPU); with both generators seeded alike their values match the CPU samples.
     try:
-        cuda_samples = seeded(lambda: list(op.sample_inputs(CUDA, dtype, requires_grad=requires_grad)))
+        cuda_samples = seeded(lambda: list(op.sample_inputs(DEVICE, dtype, requires_grad=requires_grad)))
     except Exception:  # noqa: BLE001
         cuda_samples = []
     if max_samples is not None:
@@ -238,14 +262,22 @@ def run_opinfo(op, dtype: torch.dtype, max_samples: int | None = None) -> Result
     for i, sample in enumerate(samples):
         cuda_sample = cuda_samples[i] if i < len(cuda_samples) else None
         cpu_args = (sample.input, sample.args, sample.kwargs)
-        if cuda_sample is not None and same_inputs(cpu_args, (cuda_sample.input, cuda_sample.args, cuda_sample.kwargs)):
-            cuda_args = to_device((cuda_sample.input, cuda_sample.args, cuda_sample.kwargs), None)
-        else:
-            cuda_args = to_device(cpu_args, CUDA)
-            if "device" in cuda_args[2]:  # factory samples name their device
-                cuda_args[2]["device"] = CUDA
+        try:
+            if cuda_sample is not None and same_inputs(cpu_args, (cuda_sample.input, cuda_sample.args, cuda_sample.kwargs)):
+                cuda_args = to_device((cuda_sample.input, cuda_sample.args, cuda_sample.kwargs), None)
+            else:
+                try:
+                    cuda_args = to_device(cpu_args, DEVICE)
+                except TypeError as e:
+                    _raise_if_unsupported(e)
+                    raise
+                if "device" in cuda_args[2]:  # factory samples name their device
+                    cuda_args[2]["device"] = DEVICE
+            err = _check_op_sample(op, to_device(cpu_args, "cpu"), cuda_args, requires_grad, f"sample {i}")
+        except Unsupported:
+            result.unsupported += 1
+            continue
         result.samples += 1
-        err = _check_op_sample(op, to_device(cpu_args, "cpu"), cuda_args, requires_grad, f"sample {i}")
         if err:
             result.failures.append(err)
         else:
@@ -272,7 +304,7 @@ def _check_op_sample(op, args_cpu, args_cuda, requires_grad: bool, what: str) ->
     # So do factories given no device at all.
     leaves = pytree.tree_leaves(args_cuda)
     allow_cpu = any(isinstance(x, (str, torch.device)) and str(x).startswith("cpu") for x in leaves) or not any(
-        (isinstance(x, torch.Tensor) and x.is_cuda) or (isinstance(x, (str, torch.device)) and str(x).startswith(CUDA))
+        (isinstance(x, torch.Tensor) and x.device.type == DEVICE) or (isinstance(x, (str, torch.device)) and str(x).startswith(DEVICE))
         for x in leaves
     )
     err = compare_trees(out_cpu, out_cuda, f"{what} output", allow_cpu)
@@ -327,8 +359,12 @@ def run_moduleinfo(module_info, dtype: torch.dtype = torch.float32) -> Result:
             module_info.module_cls(*mi.constructor_input.args, **mi.constructor_input.kwargs)
         except Exception:  # noqa: BLE001 - inputs the module itself rejects test nothing here
             continue
+        try:
+            err = _check_module_input(module_info, mi, dtype, f"input {i}")
+        except Unsupported:
+            result.unsupported += 1
+            continue
         result.samples += 1
-        err = _check_module_input(module_info, mi, dtype, f"input {i}")
         if err:
             result.failures.append(err)
         else:
@@ -339,9 +375,9 @@ def run_moduleinfo(module_info, dtype: torch.dtype = torch.float32) -> Result:
 def _check_module_input(module_info, mi, dtype, what: str) -> str | None:
     torch.manual_seed(SEED)
     m_cpu = module_info.module_cls(*mi.constructor_input.args, **mi.constructor_input.kwargs).to(dtype)
-    m_cuda = copy.deepcopy(m_cpu).to(CUDA)
+    m_cuda = copy.deepcopy(m_cpu).to(DEVICE)
     fwd_cpu = to_device((mi.forward_input.args, mi.forward_input.kwargs), "cpu")
-    fwd_cuda = to_device((mi.forward_input.args, mi.forward_input.kwargs), CUDA)
+    fwd_cuda = to_device((mi.forward_input.args, mi.forward_input.kwargs), DEVICE)
     out_cpu, out_cuda, err_cpu, err_cuda = run_both(lambda: m_cpu(*fwd_cpu[0], **fwd_cpu[1]), lambda: m_cuda(*fwd_cuda[0], **fwd_cuda[1]))
     err = check_errors(err_cpu, err_cuda, what)
     if err or err_cpu is not None:
@@ -385,10 +421,14 @@ def run_optiminfo(optim_info, impl: str | None, steps: int = 3) -> Result:
         # Left to choose, torch.optim picks foreach for cuda params and the for-loop for CPU ones
         # (as on a real GPU); the CPU reference runs the implementation cuda picked.
         cpu_kwargs = dict(kwargs)
-        if impl is None and _defaults_to_foreach(cls) and "foreach" not in kwargs:
+        if impl is None and _defaults_to_foreach(cls) and "foreach" not in kwargs and _foreach_is_default_on(DEVICE):
             cpu_kwargs["foreach"] = True
+        try:
+            err = _check_optimizer(cls, cpu_kwargs, kwargs, steps, f"input {i} ({oi.desc})")
+        except Unsupported:
+            result.unsupported += 1
+            continue
         result.samples += 1
-        err = _check_optimizer(cls, cpu_kwargs, kwargs, steps, f"input {i} ({oi.desc})")
         if err:
             result.failures.append(err)
         else:
@@ -402,6 +442,12 @@ def _defaults_to_foreach(cls) -> bool:
     import sys
 
     return "_default_to_fused_or_foreach" in inspect.getsource(sys.modules[cls.__module__])
+
+
+def _foreach_is_default_on(device: str) -> bool:
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+
+    return device in _get_foreach_kernels_supported_devices()
 
 
 def _make_params(device: str) -> list[torch.Tensor]:
@@ -427,7 +473,7 @@ def _check_optimizer(cls, cpu_kwargs: dict, kwargs: dict, steps: int, what: str)
             v for state in opt.state.values() for v in state.values() if isinstance(v, torch.Tensor)
         ]
 
-    out_cpu, out_cuda, err_cpu, err_cuda = run_both(lambda: train("cpu"), lambda: train(CUDA))
+    out_cpu, out_cuda, err_cpu, err_cuda = run_both(lambda: train("cpu"), lambda: train(DEVICE))
     err = check_errors(err_cpu, err_cuda, what)
     if err or err_cpu is not None:
         return err

@@ -1,5 +1,8 @@
 """Prints the conformance figures: ``python tests/conformance/run.py [ops|modules|optim|all] [--only NAME ...]``.
 
+The device under test is emulated cuda; ``TORCHDEVICE_EMULATE=mps python tests/conformance/run.py``
+runs the same sweep against emulated mps.
+
 Every case whose samples are not all identical is listed; cases in known_differences.txt are
 reported separately with their reason. Exit status 1 if any unexplained difference remains.
 """
@@ -45,12 +48,13 @@ def main(argv=None) -> int:
     unexplained = 0
     for suite, make in runs:
         start = time.time()
-        samples = identical = cases = cases_ok = 0
+        samples = identical = cases = cases_ok = unsupported = 0
         for r in make():
             all_results.append(r)
             cases += 1
             samples += r.samples
             identical += r.identical
+            unsupported += r.unsupported
             cases_ok += r.ok
             if not r.ok:
                 reason = known.get(r.case)
@@ -60,8 +64,10 @@ def main(argv=None) -> int:
             elif args.verbose:
                 print(f"  ok {r.case}: {r.identical}/{r.samples}", flush=True)
         pct = 100.0 * identical / samples if samples else 100.0
-        print(f"{suite}: {identical}/{samples} samples identical ({pct:.2f}%), {cases_ok}/{cases} cases fully identical "
-              f"[{time.time() - start:.0f}s, torch {torch.__version__}]", flush=True)
+        device = harness.DEVICE
+        extra = f", {unsupported} samples unsupported on {device} (float64; they raise as on a Mac)" if unsupported else ""
+        print(f"{suite} on {device}: {identical}/{samples} samples identical ({pct:.2f}%), {cases_ok}/{cases} cases "
+              f"fully identical{extra} [{time.time() - start:.0f}s, torch {torch.__version__}]", flush=True)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in all_results], indent=1))
     print(f"unexplained differences: {unexplained}")

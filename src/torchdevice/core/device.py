@@ -2,7 +2,9 @@
 
 ``TORCH_DEVICE_BACKEND`` picks the *runner*, the device that really executes kernels:
 ``cpu`` (any machine), ``mps`` (Apple Silicon), ``cuda`` (NVIDIA), or ``auto`` (the best one
-present). The runner is never emulated; the other accelerator types are.
+present). ``TORCHDEVICE_EMULATE`` picks the device type the program sees (``cuda``, the default,
+or ``mps``). PyTorch allows one accelerator type per process ("Cannot have both MPS and cuda"),
+so one type is emulated at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import platform
 
 VALID_BACKENDS = ("auto", "cpu", "mps", "cuda")
+VALID_EMULATED = ("cuda", "mps")
 DEFAULT_DEVICE_COUNT = 1
 
 
@@ -115,18 +118,37 @@ def _parse_visible_devices(value: str, physical: int) -> list[int]:
     return seen
 
 
+def requested_emulation() -> str | None:
+    value = os.environ.get("TORCHDEVICE_EMULATE", "").strip().lower()
+    if value and value not in VALID_EMULATED:
+        raise ValueError(
+            f"TORCHDEVICE_EMULATE={value!r} is not a device type torchdevice emulates; "
+            f"choose one of: {', '.join(VALID_EMULATED)}"
+        )
+    return value or None
+
+
+def _cpu_plan(backend: str, emulate: str | None) -> Plan:
+    emulate = emulate or "cuda"
+    # Apple's MPS exposes exactly one device.
+    return Plan(backend, "cpu", (emulate,), 1 if emulate == "mps" else emulated_device_count())
+
+
 def plan() -> Plan:
     backend = requested_backend()
-    count = emulated_device_count()
+    emulate = requested_emulation()
     if backend == "auto":
         if torch_has_cuda_build() and real_cuda_device_count() > 0:
-            return Plan("auto", "cuda", (), 0)
-        if real_mps_available():
+            if emulate == "mps":
+                backend = "cuda"  # refused below with the reason
+            else:
+                return Plan("auto", "cuda", (), 0)
+        elif real_mps_available():
             backend = "mps"
         else:
-            return Plan("auto", "cpu", ("cuda",), count)
+            return _cpu_plan("auto", emulate)
     if backend == "cpu":
-        return Plan("cpu", "cpu", ("cuda",), count)
+        return _cpu_plan("cpu", emulate)
     if backend == "mps":
         if not real_mps_available():
             raise RuntimeError(
@@ -139,5 +161,10 @@ def plan() -> Plan:
         raise RuntimeError(
             "TORCH_DEVICE_BACKEND=cuda runs kernels on a real NVIDIA GPU, and none is usable here; "
             "use TORCH_DEVICE_BACKEND=cpu (or auto) here"
+        )
+    if emulate == "mps":
+        raise NotImplementedError(
+            "emulating mps on a real NVIDIA GPU (the CUDA runner) is not part of this build of torchdevice yet; "
+            "TORCH_DEVICE_BACKEND=cpu TORCHDEVICE_EMULATE=mps runs mps code on the CPU"
         )
     return Plan("cuda", "cuda", (), 0)
