@@ -13,10 +13,6 @@ import torch
 # Features that need a real GPU's machinery and are not emulated: using them raises (they never
 # raise AttributeError: the names exist). Listed in docs/capability-honesty.md.
 NOT_EMULATED = {
-    "CUDAGraph",  # graph capture/replay of device kernels
-    "graph",
-    "graph_pool_handle",
-    "make_graphed_callables",
     "MemPool",  # private memory pools and pluggable allocators
     "use_mem_pool",
     "CUDAPluggableAllocator",
@@ -33,6 +29,7 @@ CALLS_WITH_ARGUMENTS = {
     "can_device_access_peer": lambda f: f(0, 0),
     "check_error": lambda f: f(0),
     "get_stream_from_external": lambda f: f(0),
+    "make_graphed_callables": lambda f: f(lambda x: x * 2, (torch.ones(2, device="cuda"),))(torch.ones(2, device="cuda")),
     "manual_seed": lambda f: f(0),
     "manual_seed_all": lambda f: f(0),
     "set_device": lambda f: f(0),
@@ -178,7 +175,7 @@ def test_not_emulated_features_raise_rather_than_vanish(name):
     # The name exists (no AttributeError); using it raises an explicit error.
     assert hasattr(torch.cuda, name)
     obj = getattr(torch.cuda, name)
-    if name in {"current_blas_handle", "current_solver_handle", "graph_pool_handle"} or name.startswith(
+    if name in {"current_blas_handle", "current_solver_handle"} or name.startswith(
         ("host_memory_stats", "reset_accumulated_host", "reset_peak_host")
     ):
         with pytest.raises(RuntimeError):

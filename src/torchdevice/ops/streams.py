@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.cuda
-import torch.cuda.graphs
 import torch.cuda.streams
 
 from torchdevice import _C
@@ -262,13 +261,7 @@ def apply_patches() -> None:
         _C.check_device(_TYPE, index)
         return int(data_ptr), index, _CUDA_TYPE_ENUM
 
-    # Nothing is ever captured into a CUDA graph here (torch.cuda.CUDAGraph is not emulated).
-    def _cuda_isCurrentStreamCapturing() -> bool:
-        return False
-
-    REGISTRY.patch(C, "_cuda_isCurrentStreamCapturing", _cuda_isCurrentStreamCapturing, owner=OWNER)
-    # torch.cuda.graphs bound the dummy at import (`from torch._C import ...`).
-    REGISTRY.patch(torch.cuda.graphs, "_cuda_isCurrentStreamCapturing", _cuda_isCurrentStreamCapturing, owner=OWNER)
+    # _cuda_isCurrentStreamCapturing, the capture query, is ops.graphs' (it knows the capture state).
 
     for module in (torch.cuda, torch.cuda.streams):
         REGISTRY.patch(module, "Stream", Stream, owner=OWNER)

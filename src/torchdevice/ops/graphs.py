@@ -1,0 +1,427 @@
+"""CUDA graphs on the emulated device: capture records device work, replay runs it again.
+
+A CUDA graph captures the kernels launched on a stream (without running them) and replays them
+later on the same memory. Here the kernels are host calls, so capture records each aten op that
+touches a ``cuda`` tensor, through a ``TorchDispatchMode`` (below autograd, so a captured
+backward pass is recorded as the ops it runs), and ``replay()`` calls the recorded ops again,
+in order, with the same argument tensors. The classic pattern (capture once, copy new data into
+the static inputs, replay, read the static outputs) then computes what eager execution computes.
+
+The semantics follow CUDA's:
+
+* Capture does not run device work. Each recorded op gets its results allocated once, with the
+  sizes, strides and dtypes its fake-tensor (meta) kernel gives: these are the graph's static
+  outputs, whose contents are undefined until a replay writes them (as memory from the graph's
+  private pool). Every replay writes the same tensors. In-place and ``out=`` ops write their
+  arguments, as the captured kernels would.
+* Host work runs at capture time, once: ops on CPU tensors only, and what only reads metadata
+  (views, shape queries, allocations). A CPU scalar tensor handed to a device op is captured by
+  value, as a kernel argument is.
+* Reading device data on the host during capture (``.item()``, ``nonzero``, ``torch.equal``)
+  fails with CUDA's "operation not permitted when stream is capturing", and the capture is
+  invalidated.
+* Capture must begin on a non-default stream and end on the stream it began on; replay before a
+  capture, ``pool()`` before a capture, and capturing twice into one graph raise CUDA's errors.
+* Random ops draw from the device generator at each replay, so every replay gets fresh numbers
+  and advances the generator, as CUDA graphs do through their Philox offset. The numbers are not
+  CUDA's: a replay after ``manual_seed(s)`` gives what the same ops give eagerly after
+  ``manual_seed(s)``.
+
+Approximations: memory pools are tokens only (host memory needs no private pool; a graph keeps
+its static tensors alive itself, so freeing an input before replay cannot corrupt anything);
+one capture at a time in the process; ``is_current_stream_capturing()`` is True on every thread
+while a capture is underway; ops launched from other Python threads during a capture run eagerly
+and are not recorded (CUDA's ``thread_local`` capture mode). There is no ``cudaGraph_t``:
+``raw_cuda_graph()`` raises, and ``debug_dump`` writes the recorded op list as a DOT graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from typing import Any
+
+import torch
+import torch.cuda
+import torch.cuda.graphs
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from torchdevice.core.patch import REGISTRY
+
+OWNER = "ops.graphs"
+_TYPE = "cuda"
+_CAPTURE_ERROR_MODES = ("global", "thread_local", "relaxed")
+
+aten = torch.ops.aten
+
+# Ops that read device memory on the host: a sync, which CUDA refuses during capture.
+_HOST_READS = frozenset({aten._local_scalar_dense, aten.item, aten.equal, aten.is_nonzero})
+# Allocations: their contents are undefined until written, so they need no replay.
+_ALLOCATIONS = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided})
+# Metadata changes of existing tensors (shape, strides, storage), done at capture time.
+_METADATA_CHANGES = frozenset({aten.resize_, aten.resize_as_, aten.set_})
+# Ops that return a view of their input without saying so in their schema.
+_UNDECLARED_VIEWS = frozenset({aten._unsafe_view, aten._reshape_alias})
+
+# torch.cuda.CUDAGraph.debug_dump's switch, which real CUDA keeps process-wide too.
+_debug_mode = False
+
+_pool_ids = itertools.count(1)
+_capture_lock = threading.Lock()
+_capturing: "CUDAGraph | None" = None
+
+
+def _new_pool_id(user_created: bool) -> tuple[int, int]:
+    # As MemPool::graph_pool_handle: handles made by graph_pool_handle() set the second value,
+    # pools a capture creates for itself set the first, so the two kinds never collide.
+    n = next(_pool_ids)
+    return (0, n) if user_created else (n, 0)
+
+
+def _capture_error(op_name: str) -> RuntimeError:
+    return RuntimeError(
+        "CUDA error: operation not permitted when stream is capturing\n"
+        f"({op_name} reads device memory on the host, which a CUDA graph cannot capture; "
+        "move it outside the captured region)"
+    )
+
+
+class CUDAGraph:
+    r"""Wrapper around a CUDA graph (see ``torch.cuda.CUDAGraph``), emulated by op recording.
+
+    Arguments:
+        keep_graph (bool, optional): as on a GPU, ``instantiate()`` is then deferred to the first
+            ``replay()`` or an explicit call; the recorded graph is kept either way.
+    """
+
+    def __init__(self, keep_graph: bool = False) -> None:
+        self._keep_graph = bool(keep_graph)
+        self._ops: list[_RecordedOp] = []
+        self._capture_ended = False
+        self._instantiated = False
+        self._recorder: _Recorder | None = None
+        self._pool: tuple[int, int] | None = None
+        self._device: int | None = None
+
+    def capture_begin(
+        self, pool: tuple[int, int] | None = None, capture_error_mode: str = "global", check_input_liveness: bool = False
+    ) -> None:
+        r"""Begin capturing CUDA work on the current stream (use ``torch.cuda.graph`` instead).
+
+        ``check_input_liveness`` is accepted and needs no tracking: the graph holds every tensor
+        it uses, so an input freed before replay cannot be read after free.
+        """
+        global _capturing
+        if self._capture_ended or self._recorder is not None:
+            raise RuntimeError(
+                "This CUDAGraph instance already owns a captured graph. To capture a new graph, create a new instance."
+            )
+        if capture_error_mode not in _CAPTURE_ERROR_MODES:
+            raise RuntimeError(
+                f"Unknown capture error mode. Expected `global`, `thread_local`, or `relaxed`, got {capture_error_mode}"
+            )
+        stream = torch.cuda.current_stream()
+        if stream == torch.cuda.default_stream(stream.device):
+            raise RuntimeError(
+                "CUDA graphs must be captured on a non-default stream. "
+                "(However, after capture, it's ok to replay them on the default stream.)"
+            )
+        with _capture_lock:
+            if _capturing is not None:
+                raise RuntimeError(
+                    "torchdevice: another CUDA graph capture is already underway; the emulated "
+                    "device captures one graph at a time"
+                )
+            _capturing = self
+        self._pool = tuple(pool) if pool is not None and any(pool) else _new_pool_id(user_created=False)
+        self._device = stream.device_index
+        self._recorder = _Recorder(stream)
+        self._recorder.__enter__()
+
+    def capture_end(self) -> None:
+        r"""End CUDA graph capture on the current stream (use ``torch.cuda.graph`` instead)."""
+        global _capturing
+        recorder = self._recorder
+        if recorder is None:
+            raise RuntimeError("capture_end() called before capture_begin().")
+        if torch.cuda.current_stream() != recorder.stream:
+            raise RuntimeError("Capture must end on the same stream it began on.")
+        recorder.__exit__(None, None, None)
+        self._recorder = None
+        with _capture_lock:
+            _capturing = None
+        if recorder.invalidated:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        self._ops = recorder.ops
+        if not self._ops:
+            warnings.warn(
+                "The CUDA Graph is empty. This usually means that the graph was attempted to be "
+                "captured on wrong device or stream.",
+                stacklevel=2,
+            )
+        self._capture_ended = True
+        if not self._keep_graph:
+            self.instantiate()
+
+    def instantiate(self) -> None:
+        r"""Instantiate the graph (done by ``capture_end``, or by ``replay`` with ``keep_graph=True``)."""
+        if not self._capture_ended:
+            raise RuntimeError("capture_end() must have been called before calling instantiate")
+        if self._instantiated and not self._keep_graph:
+            raise RuntimeError("instantiate() is intended to be called by the user only when keep_graph=true")
+        self._instantiated = True
+
+    def replay(self) -> None:
+        r"""Replay the CUDA work captured by this graph."""
+        if not self._capture_ended:
+            raise RuntimeError("Called CUDAGraph::replay without a preceding successful capture.")
+        if not self._instantiated:
+            self.instantiate()
+        # The recorded ops are below autograd and after autocast: run them as recorded, without
+        # building autograd graphs, bumping version counters or casting again.
+        with torch.cuda.device(self._device), torch._C._AutoDispatchBelowADInplaceOrView(), _autocast_off():
+            for op in self._ops:
+                op.run()
+
+    def reset(self) -> None:
+        r"""Delete the graph currently held by this instance."""
+        global _capturing
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
+            self._recorder = None
+            with _capture_lock:
+                if _capturing is self:
+                    _capturing = None
+        self._ops = []
+        self._capture_ended = False
+        self._instantiated = False
+
+    def pool(self) -> tuple[int, int]:
+        r"""An opaque token for this graph's memory pool, which another capture may share."""
+        if not self._capture_ended:
+            raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
+        assert self._pool is not None
+        return self._pool
+
+    def register_generator_state(self, state: Any) -> None:
+        r"""Accepted for compatibility: random ops draw from their generator at each replay."""
+
+    def enable_debug_mode(self) -> None:
+        r"""Enable debugging mode for ``CUDAGraph.debug_dump``."""
+        global _debug_mode
+        _debug_mode = True
+
+    def debug_dump(self, debug_path: str) -> None:
+        r"""Write the captured ops, in replay order, to ``debug_path`` as a DOT graph."""
+        if not (_debug_mode or self._keep_graph):
+            warnings.warn("CUDA Graphs debug not enabled, set with [graph].enable_debug_mode()", stacklevel=2)
+            return
+        lines = ["digraph cuda_graph {"]
+        for i, op in enumerate(self._ops):
+            lines.append(f'  n{i} [label="{i}: {op.name}"];')
+            if i:
+                lines.append(f"  n{i - 1} -> n{i};")
+        lines.append("}")
+        with open(debug_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def raw_cuda_graph(self) -> int:
+        r"""Not available: the emulated graph is a list of host calls, not a ``cudaGraph_t``."""
+        raise RuntimeError("torchdevice: an emulated CUDA graph has no cudaGraph_t (it records host calls)")
+
+    def raw_cuda_graph_exec(self) -> int:
+        r"""Not available: the emulated graph is a list of host calls, not a ``cudaGraphExec_t``."""
+        raise RuntimeError("torchdevice: an emulated CUDA graph has no cudaGraphExec_t (it records host calls)")
+
+    def get_graph_data(self) -> dict:
+        r"""Not available: it describes a ``cudaGraph_t`` through ``cuda.bindings``."""
+        raise RuntimeError("get_graph_data requires the cuda.bindings package")
+
+
+def _autocast_off() -> Any:
+    return torch.autocast(_TYPE, enabled=False)
+
+
+class _RecordedOp:
+    """One captured op: its arguments (the same tensors at every replay) and static results."""
+
+    __slots__ = ("func", "args", "kwargs", "statics")
+
+    def __init__(self, func: Any, args: tuple, kwargs: dict, statics: tuple[tuple[int, torch.Tensor], ...]) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.statics = statics  # (position among the result's tensor leaves, static tensor)
+
+    @property
+    def name(self) -> str:
+        return str(self.func)
+
+    def run(self) -> None:
+        result = self.func(*self.args, **self.kwargs)
+        if self.statics:
+            leaves = pytree.tree_leaves(result)
+            for index, static in self.statics:
+                static.copy_(leaves[index])
+
+
+class _Recorder(TorchDispatchMode):
+    """Records the device ops of one capture (see the module docstring for what runs when)."""
+
+    def __init__(self, stream: torch.Stream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.ops: list[_RecordedOp] = []
+        self.invalidated = False
+        self._fake_mode: Any = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _is_device_work(args, kwargs):
+            return func(*args, **kwargs)  # host work runs now, as during a real capture
+        packet = func.overloadpacket
+        if packet in _HOST_READS:
+            self.invalidated = True
+            raise _capture_error(str(func))
+        if packet in _METADATA_CHANGES or torch.Tag.inplace_view in func.tags:
+            self._fake_mode = None  # fake copies of the changed tensor are now stale
+            return func(*args, **kwargs)
+        if func.is_view or packet in _UNDECLARED_VIEWS or packet in _ALLOCATIONS:
+            return func(*args, **kwargs)
+        schema = func._schema
+        if schema.returns and not _returns_tensors(schema) and not _writes_arguments(schema):
+            return func(*args, **kwargs)  # a metadata query (e.g. _fused_sdp_choice)
+        return self._record(func, args, kwargs)
+
+    def _record(self, func, args, kwargs):
+        fake_mode = self._fake()
+        real_of: dict[int, torch.Tensor] = {}
+
+        def to_fake(value):
+            if isinstance(value, torch.Tensor):
+                fake = fake_mode.from_tensor(value)
+                real_of[id(fake)] = value
+                return fake
+            return value
+
+        fake_args, fake_kwargs = pytree.tree_map(to_fake, (args, kwargs))
+        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+        try:
+            with fake_mode:
+                fake_result = func(*fake_args, **fake_kwargs)
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            # The result's shape depends on device data: CUDA would need a sync here.
+            self.invalidated = True
+            raise _capture_error(str(func)) from None
+
+        written: set[int] = set()
+        statics: list[tuple[int, torch.Tensor]] = []
+        leaf_index = itertools.count()
+
+        def to_real(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            index = next(leaf_index)
+            real = real_of.get(id(value))
+            if real is not None:  # an argument, written in place (in-place and out= ops)
+                written.add(id(real))
+                return real
+            static = _allocate_like(value)
+            statics.append((index, static))
+            return static
+
+        result = pytree.tree_map(to_real, fake_result)
+        self.ops.append(_RecordedOp(func, _bake_host_scalars(args, written), _bake_host_scalars(kwargs, written), tuple(statics)))
+        return result
+
+    def _fake(self) -> Any:
+        if self._fake_mode is None:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            self._fake_mode = FakeTensorMode()
+        return self._fake_mode
+
+
+def _is_device_work(args: tuple, kwargs: dict) -> bool:
+    for value in pytree.tree_leaves((args, kwargs)):
+        if isinstance(value, torch.Tensor):
+            if value.device.type == _TYPE:
+                return True
+        elif isinstance(value, torch.device) and value.type == _TYPE:
+            return True
+    return False
+
+
+def _returns_tensors(schema: Any) -> bool:
+    return any("Tensor" in str(r.type) for r in schema.returns)
+
+
+def _writes_arguments(schema: Any) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+
+
+def _allocate_like(fake: torch.Tensor) -> torch.Tensor:
+    """A real tensor with ``fake``'s layout: a static output of the graph."""
+    device = fake.device
+    offset = fake.storage_offset()
+    if offset == 0:
+        return torch.empty_strided(fake.shape, fake.stride(), dtype=fake.dtype, device=device)
+    numel = fake.untyped_storage().nbytes() // fake.element_size()
+    base = torch.empty(numel, dtype=fake.dtype, device=device)
+    return base.as_strided(fake.shape, fake.stride(), offset)
+
+
+def _bake_host_scalars(tree: Any, written: set[int]) -> Any:
+    # A 0-dim CPU tensor given to a device kernel is passed by value at launch: capture keeps
+    # the value it had then. Larger CPU tensors are memory the copy reads at replay.
+    def bake(value):
+        if (
+            isinstance(value, torch.Tensor)
+            and value.device.type == "cpu"
+            and value.dim() == 0
+            and id(value) not in written
+        ):
+            return value.clone()
+        return value
+
+    return pytree.tree_map(bake, tree)
+
+
+class AllocatorState:
+    """``torch._C._cuda_CUDAAllocator_AllocatorState``: a checkpoint of a graph memory pool.
+
+    cudagraph trees checkpoint private pools with it. The emulated device has no private pools,
+    so none is ever created; the type exists because ``torch._inductor.cudagraph_trees`` imports
+    it on CUDA builds, and ``torch._dynamo.reset()`` imports that module.
+    """
+
+
+def apply_patches() -> None:
+    C = torch._C
+    graphs = torch.cuda.graphs
+
+    def _cuda_isCurrentStreamCapturing() -> bool:
+        return _capturing is not None
+
+    def _graph_pool_handle() -> tuple[int, int]:
+        return _new_pool_id(user_created=True)
+
+    for module in (C, graphs):
+        REGISTRY.patch(module, "_cuda_isCurrentStreamCapturing", _cuda_isCurrentStreamCapturing, owner=OWNER)
+        REGISTRY.patch(module, "_graph_pool_handle", _graph_pool_handle, owner=OWNER)
+    REGISTRY.patch(C, "_CUDAGraph", CUDAGraph, owner=OWNER)
+    for module in (torch.cuda, graphs):
+        REGISTRY.patch(module, "CUDAGraph", CUDAGraph, owner=OWNER)
+
+    # torch.cuda.graph() empties the pinned host allocator's cache before capturing. The
+    # emulated pinned memory keeps no cache (host memory is returned when freed).
+    def _host_emptyCache() -> None:
+        return None
+
+    if not hasattr(C, "_host_emptyCache"):
+        REGISTRY.patch(C, "_host_emptyCache", _host_emptyCache, owner=OWNER)
+    if not hasattr(C, "_cuda_CUDAAllocator_AllocatorState"):
+        REGISTRY.patch(C, "_cuda_CUDAAllocator_AllocatorState", AllocatorState, owner=OWNER)
