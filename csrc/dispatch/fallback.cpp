@@ -78,6 +78,8 @@ class CallState {
         lowered.push_back(std::move(copy));
       }
       v = std::move(lowered);
+    } else if (v.isGenerator()) {
+      has_generator_ = true;
     } else if (v.isDevice()) {
       const c10::Device d = v.toDevice();
       if (d.type() == kType) {
@@ -97,6 +99,8 @@ class CallState {
     return c10::Device(kType, current_device(kType));
   }
   bool has_emulated_input() const { return tensor_device_.has_value() || explicit_device_.has_value(); }
+  // A Generator argument was passed (None ones are handled with the seeded-random tag).
+  bool has_generator_argument() const { return has_generator_; }
   bool outputs_stay_on_host() const { return explicit_non_emulated_device_ && !explicit_device_; }
 
   // A CPU tensor argument: its outputs are never relabelled (they are the caller's CPU tensors).
@@ -146,6 +150,7 @@ class CallState {
   std::optional<c10::Device> explicit_device_;
   std::optional<c10::Device> first_device_;
   bool explicit_non_emulated_device_ = false;
+  bool has_generator_ = false;
   // Strong references, so that addresses cannot be reused by outputs (see StandIns).
   c10::SmallVector<at::Tensor, 4> host_inputs_;
 };
@@ -189,7 +194,7 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
   // composites calling random ops with generator=None): during the call that generator carries
   // the device's default stream, and arguments naming the device's default generator use it.
   std::optional<DefaultGeneratorRedirect> redirect;
-  if (call.has_emulated_input()) {
+  if (call.has_emulated_input() && (call.has_generator_argument() || op.hasTag(at::Tag::nondeterministic_seeded))) {
     const at::Generator& device_default = default_generator(kType, call.device().index());
     if (op.hasTag(at::Tag::nondeterministic_seeded)) {
       redirect.emplace(host_generator_of(device_default));
