@@ -15,3 +15,7 @@ MODULES = (device, memory, storage, streams, graphs, random, amp, host, distribu
 def apply_patches() -> None:
     for module in MODULES:
         module.apply_patches()
+    # torch.compile's routing to inductor's C++ backend (lazy: inductor is imported on first use).
+    from torchdevice.utils import compile as _compile
+
+    _compile.apply_patches()

@@ -9,16 +9,20 @@ routes the ``cuda`` device to that code generation:
   ``CppScheduling`` for ``cuda`` and a Python wrapper that calls the C++ kernels without a CUDA
   stream argument and allocates its buffers with ``device='cuda:N'`` (through the emulated
   allocator), so compiled graphs take and return ``cuda`` tensors;
-* ``cuda`` leaves inductor's list of GPU types (``torch._inductor.utils.GPU_TYPES``, read by its
-  ``is_gpu``): every decision inductor makes for a GPU (Triton availability, device guards,
-  stream handles, GPU-only decompositions and padding) is then made as for the host that really
-  runs the kernels;
+* inductor is told what really runs the kernels wherever it asks: ``cuda`` leaves its list of
+  GPU types (``GPU_TYPES``, behind ``is_gpu``: Triton availability, device guards, stream
+  handles), its backend for ``cuda`` is ``cpp`` (``config.cuda_backend``, behind
+  ``get_current_backend``/``is_triton``), and its "is this the host?" predicates (scheduler
+  nodes, IR) answer yes, which keeps GPU-only fusions away from C++ kernels. GPU alignment
+  padding is off: it helps tensor cores, not the host;
 * CUDA graphs (``mode="reduce-overhead"``, ``triton.cudagraphs``) are switched off for compiled
   graphs: cudagraph trees drive the CUDA caching allocator's private pools, which the emulated
   device does not have. The compiled graph runs without them (one debug log line), which is what
   inductor itself does whenever a graph cannot be captured;
 * a graph inductor cannot compile runs eagerly, with one warning through the ``torchdevice``
-  logger, instead of failing the user's program.
+  logger, instead of failing the user's program. For that, the backward graph is compiled
+  together with the forward one (inductor otherwise compiles it at the first backward call,
+  where a failure could only raise).
 
 Importing inductor takes seconds, so nothing here imports it: ``apply_patches`` only arranges
 for ``torch._inductor.compile_fx`` (the entry point of every inductor compilation) to be
@@ -45,7 +49,20 @@ _ENTRY_MODULE = "torch._inductor.compile_fx"
 
 logger = logging.getLogger("torchdevice")
 
+# Inductor settings for every compilation (see _emulation_patches).
+_EMULATION_CONFIG = {
+    # The backend inductor reports for `cuda` (get_current_backend, is_triton): what runs.
+    "cuda_backend": "cpp",
+    # cudagraph trees need the CUDA caching allocator's private pools (see the module docstring).
+    "triton.cudagraphs": False,
+    # Padding sizes and strides to GPU memory alignment helps tensor cores, not the host; its
+    # benchmark (shape_padding) would time kernels with Triton.
+    "shape_padding": False,
+    "comprehensive_padding": False,
+}
+
 _install_lock = threading.Lock()
+_compiling = threading.local()
 _backend_installed = False
 _cudagraphs_notice_logged = False
 
@@ -129,15 +146,24 @@ def _wrap_entry_point(module: Any) -> None:
     signature = inspect.signature(original)
 
     def compile_fx(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_compiling, "active", False):
+            # compile_fx calls itself (to apply its config patches); the outermost call has
+            # already added this module's settings and will handle a failure.
+            return original(*args, **kwargs)
         _install_backend()
         bound = signature.bind(*args, **kwargs)
-        bound.arguments["config_patches"] = _without_cudagraphs(bound.arguments.get("config_patches"))
+        bound.arguments["config_patches"] = _emulation_patches(bound.arguments.get("config_patches"))
         graph = bound.arguments.get("model_", args[0] if args else None)
         # compile_fx takes ownership of the graph module and may rewrite it before failing; a
         # copy of its graph (sharing parameters and submodules) is what runs eagerly then.
         fallback = _eager_copy(graph)
+        _compiling.active = True
         try:
-            return original(*bound.args, **bound.kwargs)
+            # The backward graph is compiled now, with the forward one, not at the first
+            # backward call: a graph inductor cannot compile then falls back as a whole, before
+            # it runs, instead of failing inside autograd.
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                return original(*bound.args, **bound.kwargs)
         except Exception as error:
             if fallback is None or not _may_fall_back(error):
                 raise
@@ -148,29 +174,32 @@ def _wrap_entry_point(module: Any) -> None:
             )
             logger.debug("torch.compile: inductor failure", exc_info=True)
             return fallback
+        finally:
+            _compiling.active = False
 
     compile_fx.__doc__ = original.__doc__
     compile_fx.__wrapped__ = original  # type: ignore[attr-defined]
     REGISTRY.patch(module, "compile_fx", compile_fx, owner=OWNER)
 
 
-def _without_cudagraphs(config_patches: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``config_patches`` with CUDA graphs off when they were asked for (mode or global config)."""
+def _emulation_patches(config_patches: dict[str, Any] | None) -> dict[str, Any]:
+    """``config_patches`` plus the inductor settings that compile emulated ``cuda`` graphs as host code.
+
+    They go into the patches, not just the ambient config: compile_fx re-applies its patches
+    around the backward compilation, which happens later, outside this call, and the patched
+    config is part of the key of inductor's on-disk cache.
+    """
     global _cudagraphs_notice_logged
     from torch._inductor import config
 
     patches = dict(config_patches or {})
-    if not patches.get("triton.cudagraphs", config.triton.cudagraphs):
-        return config_patches
-    if not _cudagraphs_notice_logged:
+    if patches.get("triton.cudagraphs", config.triton.cudagraphs) and not _cudagraphs_notice_logged:
         _cudagraphs_notice_logged = True
         logger.debug(
             "torch.compile: CUDA graphs (mode='reduce-overhead') are not used on the emulated GPU; "
             "compiled graphs run without them"
         )
-    # In the patches, not just the ambient config: compile_fx re-applies its patches around
-    # the backward compilation, which happens later, outside this call.
-    patches["triton.cudagraphs"] = False
+    patches.update(_EMULATION_CONFIG)
     return patches
 
 
@@ -187,6 +216,8 @@ def _may_fall_back(error: Exception) -> bool:
 
     if V.aot_compilation:
         return False  # AOTInductor must produce its artifact; a Python callable is no answer
+    if isinstance(error, dynamo_exc.BackendCompilerFailed):
+        return True  # InductorError: inductor itself failed
     # Dynamo's own control flow (restarts, skipped frames) and the errors it turns into graph
     # breaks or reports as the user's (IndexError) are its to handle.
     passthrough = (dynamo_exc.TorchDynamoException, IndexError, *dynamo_exc.exceptions_allowed_to_be_fallback)
@@ -206,6 +237,7 @@ def _install_backend() -> None:
     with _install_lock:
         if _backend_installed:
             return
+        from torch._inductor import ir, scheduler
         from torch._inductor import utils as inductor_utils
         from torch._inductor.codegen import common
         from torch._inductor.codegen.cpp import CppScheduling
@@ -213,6 +245,21 @@ def _install_backend() -> None:
         REGISTRY.patch(
             inductor_utils, "GPU_TYPES", [t for t in inductor_utils.GPU_TYPES if t != _TYPE], owner=OWNER
         )
+        # Inductor also asks "is this the host?" directly: the scheduler, to keep loop
+        # reordering and reindexing (which its C++ code generation does not support) away from
+        # C++ kernels, and the IR, for the host's realization thresholds.
+        original_ir_is_cpu = ir.is_cpu
+
+        def is_cpu(x: Any) -> bool:
+            return original_ir_is_cpu(x) or ir.get_device_type(x) == _TYPE
+
+        REGISTRY.patch(ir, "is_cpu", is_cpu, owner=OWNER)
+
+        def scheduler_node_is_cpu(self: Any) -> bool:
+            device = self.get_device()
+            return device is not None and device.type in ("cpu", _TYPE)
+
+        REGISTRY.patch(scheduler.BaseSchedulerNode, "is_cpu", scheduler_node_is_cpu, owner=OWNER)
         # Fill the table with inductor's defaults first, so they cannot replace this entry later.
         common.init_backend_registration()
         common.register_backend_for_device(

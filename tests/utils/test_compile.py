@@ -1,0 +1,156 @@
+"""torch.compile with its default backend (inductor) on the emulated GPU.
+
+Inductor compiles emulated ``cuda`` graphs with its C++/OpenMP backend: the tests check that
+generated C++ kernels really run (not eager), that results and gradients match eager, and that
+what inductor cannot do on this device degrades instead of failing. Compilation is slow on small
+machines, so the models are small and each test compiles once.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch._inductor import metrics
+from torch._inductor.utils import run_and_get_code
+
+from torchdevice.utils import compile as td_compile
+
+DEVICE = "cuda"
+
+# Inductor warns, as on an sm_80 GPU, that TF32 matmuls are available but not enabled.
+pytestmark = pytest.mark.filterwarnings("ignore:TensorFloat32 tensor cores:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def fresh_compilation():
+    # Without inductor's on-disk caches, every test generates its code (a rerun of the suite
+    # would otherwise load compiled graphs and generate nothing).
+    torch._dynamo.reset()
+    metrics.reset()
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(
+        enable_autograd_cache=False
+    ):
+        yield
+    torch._dynamo.reset()
+
+
+def _assert_grads_match(model, reference, **tolerance):
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m, name=name: f"{name}: {m}", **tolerance)
+
+
+def test_mlp_runs_generated_cpp_kernels_and_matches_eager():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).to(DEVICE)
+    reference = copy.deepcopy(model)
+    x = torch.randn(4, 16, device=DEVICE)
+    compiled = torch.compile(model)
+
+    out, sources = run_and_get_code(compiled, x)
+    out.square().mean().backward()
+    expected = reference(x)
+    expected.square().mean().backward()
+
+    assert out.device == torch.device(DEVICE, 0) and out.is_cuda
+    torch.testing.assert_close(out, expected)
+    _assert_grads_match(model, reference)
+    # Forward and backward modules: inductor's C++ kernels, called on the cuda tensors.
+    assert len(sources) == 2
+    for source in sources:
+        assert "async_compile.cpp_pybinding" in source and "cpp_fused_" in source
+        assert "triton" not in source and "get_raw_stream" not in source
+        assert "device='cuda:0'" in source
+
+
+def test_transformer_encoder_matches_eager():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).to(DEVICE)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 10, 64, device=DEVICE)
+
+    out = torch.compile(model)(x)
+    out.sum().backward()
+    expected = reference(x)
+    expected.sum().backward()
+
+    assert out.is_cuda
+    assert metrics.generated_kernel_count > 0  # inductor generated (C++) kernels for it
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    _assert_grads_match(model, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_shapes_compile_once_for_all_sizes():
+    def fn(a, b):
+        return torch.nn.functional.silu(a * b).sum(-1)
+
+    compiled = torch.compile(fn, dynamic=True)
+    a, b = torch.randn(3, 5, device=DEVICE), torch.randn(3, 5, device=DEVICE)
+    out, (source,) = run_and_get_code(compiled, a, b)
+    torch.testing.assert_close(out, fn(a, b))
+    # The C++ kernel takes the sizes as arguments (symbolic shapes), not as constants.
+    assert "const int64_t ks0" in source
+    kernels = metrics.generated_kernel_count
+    for n in (7, 11):
+        a, b = torch.randn(n, 5, device=DEVICE), torch.randn(n, 5, device=DEVICE)
+        torch.testing.assert_close(compiled(a, b), fn(a, b))
+    assert metrics.generated_kernel_count == kernels  # no recompilation for the new sizes
+
+
+def test_reduce_overhead_runs_without_cuda_graphs(caplog, monkeypatch):
+    monkeypatch.setattr(td_compile, "_cudagraphs_notice_logged", False)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(DEVICE)
+    compiled = torch.compile(model, mode="reduce-overhead")
+    with caplog.at_level(logging.DEBUG, logger="torchdevice"):
+        for _ in range(3):
+            x = torch.randn(3, 8, device=DEVICE)
+            torch.testing.assert_close(compiled(x), model(x))
+    notices = [r for r in caplog.records if r.name == "torchdevice" and "CUDA graphs" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].levelno == logging.DEBUG
+    assert metrics.generated_kernel_count > 0
+
+
+def test_graph_inductor_cannot_compile_runs_eagerly_with_one_warning(caplog):
+    # The C++ wrapper (cpp_wrapper=True) has no emulated-device version: inductor refuses the
+    # device, and the graph runs eagerly instead of failing the program.
+    def fn(x):
+        return torch.sin(x) * 2 + 1
+
+    x = torch.randn(8, device=DEVICE)
+    with torch._inductor.config.patch(cpp_wrapper=True), caplog.at_level(logging.WARNING, logger="torchdevice"):
+        out = torch.compile(fn)(x)
+    torch.testing.assert_close(out, fn(x))
+    warnings = [r for r in caplog.records if r.name == "torchdevice" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "runs eagerly" in warnings[0].getMessage() and "Device cuda not supported" in warnings[0].getMessage()
+
+
+def test_import_stays_lazy_and_patches_are_registered(run_code):
+    proc = run_code(
+        """
+        import sys
+        import torchdevice, torch
+        print(any(name.startswith(("torch._inductor", "torch._dynamo")) for name in sys.modules))
+        x = torch.ones(4, device="cuda")
+        print(torch.compile(lambda t: t.cos() + 1)(x).device)
+        from torchdevice.core.patch import REGISTRY
+        print(sorted({p.qualname for p in REGISTRY if p.owner == "utils.compile"}))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "False"  # import torchdevice did not import inductor or dynamo
+    assert lines[1] == "cuda:0"
+    assert lines[2] == str(
+        sorted(
+            [
+                "torch._inductor.compile_fx.compile_fx",
+                "torch._inductor.utils.GPU_TYPES",
+                "torch._inductor.ir.is_cpu",
+                "BaseSchedulerNode.is_cpu",
+            ]
+        )
+    )
