@@ -24,6 +24,26 @@ namespace {
 // allocate-then-out= wrapper, or code that branches on is_cuda() and calls CUDA-only ops or
 // DispatchStubs (convolution, convolution_backward). CompositeImplicitAutograd ops without a
 // CPU kernel stay as they are: they decompose above autograd, as on CPU.
+bool is_tensor_type(const c10::TypePtr& type) {
+  switch (type->kind()) {
+    case c10::TypeKind::TensorType:
+      return true;
+    case c10::TypeKind::OptionalType:
+      return is_tensor_type(type->castRaw<c10::OptionalType>()->getElementType());
+    case c10::TypeKind::ListType:
+      return is_tensor_type(type->castRaw<c10::ListType>()->getElementType());
+    default:
+      return false;
+  }
+}
+
+bool has_tensor_argument(const c10::FunctionSchema& schema) {
+  for (const auto& arg : schema.arguments()) {
+    if (is_tensor_type(arg.type())) return true;
+  }
+  return false;
+}
+
 template <c10::DeviceType kType>
 int mirror_cpu_table(torch::Library& aten) {
   constexpr auto key = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
@@ -56,10 +76,18 @@ int mirror_cpu_table(torch::Library& aten) {
     auto op = dispatcher.findOp(name);
     if (aten || (op && op->hasKernelForDispatchKey(c10::DispatchKey::CPU))) give_fallback(name);
   }
-  for (auto source : {c10::DispatchKey::CPU, c10::DispatchKey::CompositeExplicitAutogradNonFunctional,
-                      c10::DispatchKey::CompositeExplicitAutograd}) {
+  for (const auto& name : dispatcher.getRegistrationsForDispatchKey(c10::DispatchKey::CPU)) {
+    if (name.name.rfind("aten::", 0) == 0) give_fallback(name);
+  }
+  for (auto source : {c10::DispatchKey::CompositeExplicitAutogradNonFunctional, c10::DispatchKey::CompositeExplicitAutograd}) {
     for (const auto& name : dispatcher.getRegistrationsForDispatchKey(source)) {
-      if (name.name.rfind("aten::", 0) == 0) give_fallback(name);
+      if (name.name.rfind("aten::", 0) != 0) continue;
+      // Pure factories (zeros, full, arange, ...) keep their composite: it allocates through the
+      // device's own empty kernel and fills in place, which is cheaper than building the result
+      // on the host and adopting it, and gives the same values.
+      auto op = dispatcher.findOp(name);
+      if (op && !op->hasKernelForDispatchKey(c10::DispatchKey::CPU) && !has_tensor_argument(op->schema())) continue;
+      give_fallback(name);
     }
   }
   return count;
