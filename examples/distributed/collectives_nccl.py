@@ -8,8 +8,10 @@ returned. Nothing in it knows about torchdevice. On a node with two NVIDIA GPUs:
 
     torchrun --nproc_per_node=2 examples/distributed/collectives_nccl.py --out results/
 
-Without GPUs, the same script under torchdevice (NCCL runs as gloo, cuda:N on the host):
+Without GPUs, the same script under torchdevice (NCCL runs as gloo, cuda:N on the host), with
+the environment alone activating it (the torchdevice-activate.pth hook) or through its CLI:
 
+    TORCH_DEVICE_BACKEND=cpu torchrun --nproc_per_node=2 examples/distributed/collectives_nccl.py --out results/
     torchrun --nproc_per_node=2 -m torchdevice run examples/distributed/collectives_nccl.py --out results/
 
 Every rank writes ``OUT/rank{N}.pt``: its final parameters and the collectives' results. Started
