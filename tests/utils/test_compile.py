@@ -154,3 +154,35 @@ def test_import_stays_lazy_and_patches_are_registered(run_code):
             ]
         )
     )
+
+
+def test_compiled_graphs_inside_a_cuda_graph_capture_replay_correctly():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(DEVICE)
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model)
+    x = torch.randn(3, 8, device=DEVICE)
+    compiled(x).sum().backward()  # compile forward and backward outside the capture
+    model.zero_grad(set_to_none=True)
+
+    out = compiled(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        # The compiled backward's C++ kernels are launched through torchdevice's launcher, so
+        # the capture records them with the graph's other ops instead of running them now.
+        out.sum().backward()
+    assert any(op.name.startswith("cpp_fused_") for op in graph._ops)
+    graph.replay()
+    reference(x).sum().backward()
+    _assert_grads_match(model, reference)
+
+    # A compiled module called during a capture (dynamo runs it eagerly under the capture's
+    # dispatch mode) is recorded op by op and replays on new inputs too.
+    static_x = torch.randn(3, 8, device=DEVICE)
+    forward = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(forward):
+        static_y = compiled(static_x)
+    new_x = torch.randn(3, 8, device=DEVICE)
+    static_x.copy_(new_x)
+    forward.replay()
+    torch.testing.assert_close(static_y, reference(new_x).detach())

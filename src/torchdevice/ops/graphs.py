@@ -45,6 +45,7 @@ from typing import Any
 import torch
 import torch.cuda
 import torch.cuda.graphs
+from torch.utils import _python_dispatch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -62,8 +63,9 @@ _HOST_READS = frozenset({aten._local_scalar_dense, aten.item, aten.equal, aten.i
 _ALLOCATIONS = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided})
 # Metadata changes of existing tensors (shape, strides, storage), done at capture time.
 _METADATA_CHANGES = frozenset({aten.resize_, aten.resize_as_, aten.set_})
-# Ops that return a view of their input without saying so in their schema.
-_UNDECLARED_VIEWS = frozenset({aten._unsafe_view, aten._reshape_alias})
+# Ops that return a view of their input without saying so in their schema (by name: inductor's
+# ops exist only once torch._inductor is imported).
+_UNDECLARED_VIEWS = frozenset({"aten::_unsafe_view", "aten::_reshape_alias", "inductor::_alloc_from_pool"})
 
 # torch.cuda.CUDAGraph.debug_dump's switch, which real CUDA keeps process-wide too.
 _debug_mode = False
@@ -247,17 +249,21 @@ def _autocast_off() -> Any:
 class _RecordedOp:
     """One captured op: its arguments (the same tensors at every replay) and static results."""
 
-    __slots__ = ("func", "args", "kwargs", "statics")
+    __slots__ = ("func", "args", "kwargs", "statics", "name")
 
-    def __init__(self, func: Any, args: tuple, kwargs: dict, statics: tuple[tuple[int, torch.Tensor], ...]) -> None:
+    def __init__(
+        self,
+        func: Any,
+        args: tuple,
+        kwargs: dict,
+        statics: tuple[tuple[int, torch.Tensor], ...],
+        name: str | None = None,
+    ) -> None:
         self.func = func
         self.args = args
         self.kwargs = kwargs
         self.statics = statics  # (position among the result's tensor leaves, static tensor)
-
-    @property
-    def name(self) -> str:
-        return str(self.func)
+        self.name = name or str(func)
 
     def run(self) -> None:
         result = self.func(*self.args, **self.kwargs)
@@ -288,7 +294,7 @@ class _Recorder(TorchDispatchMode):
         if packet in _METADATA_CHANGES or torch.Tag.inplace_view in func.tags:
             self._fake_mode = None  # fake copies of the changed tensor are now stale
             return func(*args, **kwargs)
-        if func.is_view or packet in _UNDECLARED_VIEWS or packet in _ALLOCATIONS:
+        if func.is_view or packet in _ALLOCATIONS or func._schema.name in _UNDECLARED_VIEWS:
             return func(*args, **kwargs)
         schema = func._schema
         if schema.returns and not _returns_tensors(schema) and not _writes_arguments(schema):
@@ -343,6 +349,25 @@ class _Recorder(TorchDispatchMode):
 
             self._fake_mode = FakeTensorMode()
         return self._fake_mode
+
+
+def launch_kernel(name: str, kernel: Any, *args: Any) -> None:
+    """Call a C++ kernel that ``torch.compile`` generated for the emulated GPU, or capture it.
+
+    Compiled graphs call their kernels directly, not through the dispatcher, so the capture's
+    dispatch mode does not see them: their wrapper calls them through this function instead
+    (see ``torchdevice.utils.compile``). During a capture on this thread (or on an autograd
+    thread serving it), the launch is recorded, in order with the graph's other ops, and runs at
+    each replay on the same buffers; otherwise the kernel runs now.
+    """
+    graph = _capturing
+    if graph is not None:
+        recorder = graph._recorder
+        if recorder is not None and recorder in _python_dispatch._get_current_dispatch_mode_stack():
+            recorder.ops.append(_RecordedOp(kernel, args, {}, (), name))
+            return None
+    kernel(*args)
+    return None
 
 
 def _is_device_work(args: tuple, kwargs: dict) -> bool:

@@ -46,6 +46,8 @@ from torchdevice.core.patch import REGISTRY
 OWNER = "utils.compile"
 _TYPE = "cuda"
 _ENTRY_MODULE = "torch._inductor.compile_fx"
+# How generated wrappers call their C++ kernels (torchdevice.ops.graphs.launch_kernel).
+_LAUNCHER = "launch_cuda_kernel"
 
 logger = logging.getLogger("torchdevice")
 
@@ -306,9 +308,9 @@ def _wrapper_codegen_class() -> type:
         def _generate_kernel_call_helper(self, kernel_name: str, call_args: Any, **kwargs: Any) -> None:
             device = kwargs.get("device") or _current_graph_device()
             if not kwargs.get("triton", True) and device.type == _TYPE:
-                # A C++ kernel: called like on the host, without the cudaStream_t argument
-                # inductor passes to CUDA C++ kernels.
-                self.writeline(self.wrap_kernel_call(kernel_name, call_args))
+                # A C++ kernel: called without the cudaStream_t argument inductor passes to
+                # CUDA C++ kernels, through the launcher that lets a CUDA graph capture it.
+                self.writeline(self.wrap_kernel_call(_LAUNCHER, [repr(kernel_name), kernel_name, *call_args]))
                 return
             super()._generate_kernel_call_helper(kernel_name, call_args, **kwargs)
 
@@ -332,6 +334,10 @@ def _wrapper_codegen_class() -> type:
         pass
 
     class EmulatedCudaWrapperCodegen(EmulatedCudaWrapper, PythonWrapperCodegen):
+        def write_header(self) -> None:
+            super().write_header()
+            self.imports.writeline(f"from torchdevice.ops.graphs import launch_kernel as {_LAUNCHER}")
+
         @staticmethod
         def create(is_subgraph, subgraph_name, parent_wrapper, partition_signatures=None):
             if is_subgraph:
