@@ -374,6 +374,9 @@ def test_collectives_keep_emulated_cuda_tensors_in_place(single_rank_group):
 
 
 def test_patches_are_registered_under_ops_distributed():
+    # Functional collectives are patched when first imported (DTensor, FSDP2 and TP import them).
+    import torch.distributed._functional_collectives  # noqa: F401
+
     names = {p.qualname for p in REGISTRY if p.owner == td_dist.OWNER}
     assert {
         "torch.distributed.distributed_c10d._new_process_group_helper",

@@ -24,8 +24,8 @@ in Python, on top of gloo:
 exists so ``pg_options=`` written for NCCL is accepted (its GPU tuning has nothing to tune here and
 is dropped), and the default timeout of a group asked for as NCCL is NCCL's ten minutes.
 
-Import cost: ``torch.distributed`` is already imported by ``import torch`` (2.13); the one module
-this adds is ``torch.distributed._functional_collectives``, about 14 ms of torchdevice's ~1.4 s.
+Import cost: none. ``torch.distributed`` is already imported by ``import torch`` (2.13), and
+``torch.distributed._functional_collectives`` (15-30 ms) is patched when the program imports it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import importlib.abc
+import importlib.machinery
 import inspect
+import sys
 import threading
 from typing import Any, Callable
 
@@ -414,6 +417,48 @@ def _wrap_functional_result(funcol: Any, original: Callable) -> Callable:
     return _maybe_wrap_tensor
 
 
+def _patch_functional_collectives(funcol: Any) -> None:
+    REGISTRY.patch(
+        funcol, "_maybe_wrap_tensor", _wrap_functional_result(funcol, funcol._maybe_wrap_tensor), owner=OWNER
+    )
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``patch(module)`` as soon as the module ``name`` has been executed, on first import.
+
+    Importing it up front would cost every program its import time; DTensor, FSDP2 and tensor
+    parallelism import it when they are used.
+    """
+
+    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module  # the loader object belongs to this spec alone
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            self.patch(module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def _when_imported(name: str, patch: Callable[[Any], None]) -> None:
+    module = sys.modules.get(name)
+    if module is not None:
+        patch(module)
+    elif not any(isinstance(f, _PatchOnImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(name, patch))
+
+
 # --- DistributedDataParallel ----------------------------------------------------------------
 
 def _wrap_ddp_logger(original: Callable) -> Callable:
@@ -465,12 +510,7 @@ def apply_patches() -> None:
     REGISTRY.patch(c10d, "_coalescing_manager", coalescing_manager, owner=OWNER)
     REGISTRY.patch(dist, "_coalescing_manager", coalescing_manager, owner=OWNER)
 
-    # Not imported by ``import torch``; see the module docstring for its cost.
-    import torch.distributed._functional_collectives as funcol
-
-    REGISTRY.patch(
-        funcol, "_maybe_wrap_tensor", _wrap_functional_result(funcol, funcol._maybe_wrap_tensor), owner=OWNER
-    )
+    _when_imported("torch.distributed._functional_collectives", _patch_functional_collectives)
 
     logger_class = torch._C._distributed_c10d.Logger
     REGISTRY.patch(
