@@ -15,6 +15,13 @@ import torch
 DEVICE = "cuda"
 
 
+@pytest.fixture(autouse=True)
+def leaves_the_default_stream_current():
+    yield
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.cuda.is_current_stream_capturing() is False
+
+
 def _capture(fn):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -199,9 +206,9 @@ def test_misuse_raises_cudas_errors():
         graph.capture_begin()  # the current stream is the default stream
     x = torch.zeros(2, device=DEVICE)
     graph, _ = _capture(lambda: x + 1)
-    with pytest.raises(RuntimeError, match="already owns a captured graph"):
-        with torch.cuda.graph(graph):
-            pass
+    with torch.cuda.stream(torch.cuda.Stream()):
+        with pytest.raises(RuntimeError, match="already owns a captured graph"):
+            graph.capture_begin()
     graph.reset()
     with pytest.raises(RuntimeError, match="without a preceding successful capture"):
         graph.replay()
