@@ -64,11 +64,12 @@ def test_capture_does_not_run_the_work_and_replay_reuses_its_memory():
 def test_views_out_arguments_and_host_values():
     static_x = torch.arange(6.0, device=DEVICE)
     scale = torch.tensor(2.0)  # a CPU scalar: passed by value to the kernel, as at launch
-    out = torch.empty(3, device=DEVICE)
+    out = torch.empty(0, device=DEVICE)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         head = static_x[:3]  # a view of the static input, made at capture time
-        torch.mul(head, scale, out=out)
+        torch.mul(head, scale, out=out)  # resizes out, at capture time
+        assert out.shape == (3,)
         static_x[3:].neg_()
         host = torch.ones(2) * 5  # host work runs at capture time, once
     assert host.tolist() == [5.0, 5.0]

@@ -334,6 +334,11 @@ class _Recorder(TorchDispatchMode):
             real = real_of.get(id(value))
             if real is not None:  # an argument, written in place (in-place and out= ops)
                 written.add(id(real))
+                if real.shape != value.shape:
+                    # An out= argument the op resizes: its new shape is host metadata, set now
+                    # (as the op's allocation would be), so later captured ops see it.
+                    real.resize_(value.shape)
+                    self._fake_mode = None
                 return real
             static = _allocate_like(value)
             statics.append((index, static))
