@@ -180,12 +180,17 @@ def test_random_ops_draw_fresh_numbers_at_each_replay():
     torch.testing.assert_close(first_dropped, torch.nn.functional.dropout(ones, 0.5))
 
 
-def test_reading_device_data_on_the_host_invalidates_the_capture():
+@pytest.mark.parametrize(
+    "host_read",
+    [lambda x: x.sum().item(), lambda x: x.cpu(), lambda x: torch.nonzero(x)],
+    ids=["item", "cpu", "nonzero"],
+)
+def test_reading_device_data_on_the_host_invalidates_the_capture(host_read):
     x = torch.ones(3, device=DEVICE)
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="operation failed due to a previous error during capture") as info:
         with torch.cuda.graph(graph):
-            x.sum().item()
+            host_read(x)
     # The first error, chained, is CUDA's refusal to sync during capture.
     assert "operation not permitted when stream is capturing" in str(info.value.__context__)
     assert torch.cuda.is_current_stream_capturing() is False
@@ -195,6 +200,15 @@ def test_reading_device_data_on_the_host_invalidates_the_capture():
     graph, y = _capture(lambda: x * 3)  # capturing works again afterwards
     graph.replay()
     assert y.tolist() == [3.0, 3.0, 3.0]
+
+
+def test_non_blocking_copy_to_pinned_host_memory_is_captured():
+    x = torch.zeros(3, device=DEVICE)
+    host = torch.empty(3, pin_memory=True)
+    graph, _ = _capture(lambda: host.copy_(x.add_(1), non_blocking=True))
+    graph.replay()
+    graph.replay()
+    assert host.tolist() == [2.0, 2.0, 2.0]
 
 
 def test_misuse_raises_cudas_errors():

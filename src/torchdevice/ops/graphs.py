@@ -17,9 +17,9 @@ The semantics follow CUDA's:
 * Host work runs at capture time, once: ops on CPU tensors only, and what only reads metadata
   (views, shape queries, allocations). A CPU scalar tensor handed to a device op is captured by
   value, as a kernel argument is.
-* Reading device data on the host during capture (``.item()``, ``nonzero``, ``torch.equal``)
-  fails with CUDA's "operation not permitted when stream is capturing", and the capture is
-  invalidated.
+* Reading device data on the host during capture (``.item()``, ``.cpu()``, ``nonzero``,
+  ``torch.equal``) fails with CUDA's "operation not permitted when stream is capturing", and the
+  capture is invalidated. A non-blocking copy to the host is captured, as on a GPU.
 * Capture must begin on a non-default stream and end on the stream it began on; replay before a
   capture, ``pool()`` before a capture, and capturing twice into one graph raise CUDA's errors.
 * Random ops draw from the device generator at each replay, so every replay gets fresh numbers
@@ -288,7 +288,7 @@ class _Recorder(TorchDispatchMode):
         if not _is_device_work(args, kwargs):
             return func(*args, **kwargs)  # host work runs now, as during a real capture
         packet = func.overloadpacket
-        if packet in _HOST_READS:
+        if packet in _HOST_READS or _is_blocking_copy_to_host(packet, args, kwargs):
             self.invalidated = True
             raise _capture_error(str(func))
         if packet in _METADATA_CHANGES or torch.Tag.inplace_view in func.tags:
@@ -382,6 +382,23 @@ def _is_device_work(args: tuple, kwargs: dict) -> bool:
                 return True
         elif isinstance(value, torch.device) and value.type == _TYPE:
             return True
+    return False
+
+
+def _is_blocking_copy_to_host(packet: Any, args: tuple, kwargs: dict) -> bool:
+    """A device-to-host copy that waits for the copy (``x.cpu()``): a sync, refused during capture."""
+    if packet is aten._to_copy:
+        device = kwargs.get("device")
+        return (
+            args[0].device.type == _TYPE
+            and device is not None
+            and torch.device(device).type == "cpu"
+            and not kwargs.get("non_blocking", False)
+        )
+    if packet is aten.copy_:
+        destination, source = args[0], args[1]
+        non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+        return destination.device.type == "cpu" and source.device.type == _TYPE and not non_blocking
     return False
 
 
