@@ -152,7 +152,6 @@ def _wrap_entry_point(module: Any) -> None:
             # compile_fx calls itself (to apply its config patches); the outermost call has
             # already added this module's settings and will handle a failure.
             return original(*args, **kwargs)
-        _install_backend()
         bound = signature.bind(*args, **kwargs)
         bound.arguments["config_patches"] = _emulation_patches(bound.arguments.get("config_patches"))
         graph = bound.arguments.get("model_", args[0] if args else None)
@@ -161,6 +160,7 @@ def _wrap_entry_point(module: Any) -> None:
         fallback = _eager_copy(graph)
         _compiling.active = True
         try:
+            _install_backend()
             # The backward graph is compiled now, with the forward one, not at the first
             # backward call: a graph inductor cannot compile then falls back as a whole, before
             # it runs, instead of failing inside autograd.
