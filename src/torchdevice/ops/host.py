@@ -19,6 +19,7 @@ import torch.autograd.profiler
 import torch.cuda.nvtx
 
 from torchdevice import _C
+from torchdevice.core.logger import warn_unfaithful
 from torchdevice.core.patch import REGISTRY
 from torchdevice.ops.device import device_index
 
@@ -143,6 +144,11 @@ def _sensor(device: Any = None) -> int:
     # Validate the device as NVML would (an index it knows), then report the idle reading.
     torch.cuda._lazy_init()
     _C.check_device(_TYPE, device_index(device))
+    warn_unfaithful(
+        "nvml-sensors",
+        "torch.cuda utilization/memory_usage/temperature/power_draw/clock_rate read 0: "
+        "NVML sensors have no emulated counterpart",
+    )
     return 0
 
 
