@@ -12,21 +12,46 @@ __version__ = "0.1.0"
 
 from torchdevice import _native
 from torchdevice.core import device as _device
+from torchdevice.core import startup as _startup
 from torchdevice.core.logger import configure_from_env as _configure_logging
 from torchdevice.core.logger import logger as _logger
+from torchdevice.core.patch import REGISTRY as _REGISTRY
 
-_configure_logging()
-plan = _device.plan()
-# Before torch exists, so torch picks our CUDA hooks from its own registry. Not on a CUDA build
-# of torch: there its real hooks register too, and the registry would print a warning about the
-# duplicate; the hooks object is taken over after import instead.
-_hooks_preloaded = bool(plan.emulated) and not _device.torch_has_cuda_build() and _native.preload(plan.emulated[0])
-
-import torch  # noqa: E402
-
-from torchdevice.core.patch import REGISTRY as _REGISTRY  # noqa: E402
-
+plan: _device.Plan | None = None  # decided by activate()
 activation: dict = {}
+_hooks_preloaded = False
+_active = False
+
+
+def activate() -> _device.Plan:
+    """Activate the backend the environment asks for; once per process (later calls return the plan).
+
+    ``import torchdevice`` calls it, except at the start of torchdevice's command line (which
+    calls it after reading its options) and from the ``.pth`` hook (on the first ``import torch``);
+    see ``torchdevice.core.startup``. Raises ValueError/RuntimeError for a bad environment.
+    """
+    global plan, torch, _hooks_preloaded, _active
+    if _active:
+        return plan
+    _startup.remove_import_hook()
+    _configure_logging()
+    plan = _device.plan()
+    # Before torch exists, so torch picks our CUDA hooks from its own registry. Not on a CUDA build
+    # of torch: there its real hooks register too, and the registry would print a warning about the
+    # duplicate; the hooks object is taken over after import instead.
+    _hooks_preloaded = bool(plan.emulated) and not _device.torch_has_cuda_build() and _native.preload(plan.emulated[0])
+    import torch
+
+    _active = True
+    _activate()
+    _startup.after_activation()
+    return plan
+
+
+def _preload_for_hook() -> None:
+    p = _device.plan()
+    if p.emulated and not _device.torch_has_cuda_build():
+        _native.preload(p.emulated[0])
 
 
 def _activate() -> None:
@@ -64,4 +89,13 @@ def patches():
     return list(_REGISTRY)
 
 
-_activate()
+_mode = _startup.mode()
+if _mode == _startup.NOW:
+    activate()
+elif _mode == _startup.SITE:
+    try:
+        _device.plan()  # a bad environment: one line now, not a traceback at `import torch`
+    except (ValueError, RuntimeError, NotImplementedError) as _exc:
+        _startup.report_startup_error(_exc)
+    else:
+        _startup.install_import_hook(activate, _preload_for_hook)

@@ -2,11 +2,15 @@
 
 ``torchdevice run script.py [args...]`` runs a CUDA-written script on this machine exactly as
 ``python script.py`` would (argv, ``__main__``, ``sys.path[0]``, exit status, tracebacks), with
-torchdevice active. ``torchdevice info`` says what is emulated on what.
+torchdevice active; ``--report PATH.json`` adds the porting report (``torchdevice.report``).
+``torchdevice info`` says what is emulated on what; ``torchdevice report PATH.json`` prints a
+saved report.
 
-Importing this module imports the ``torchdevice`` package first (Python imports a package before
-its submodules), so the native core is loaded and its CUDA hooks registered before torch starts;
-this module adds no import of torch of its own at module level.
+In a process started as ``python -m torchdevice`` (or the ``torchdevice`` script), importing the
+package does not activate it (``torchdevice.core.startup``): the command activates once it has
+read ``--backend``/``--log-level``, in this process, before the target's ``import torch``; a bad
+environment becomes a one-line error, and ``report``/``--help`` never load torch. This module
+imports no torch of its own at module level.
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ from types import TracebackType
 from typing import Any, Callable, NoReturn, Sequence
 
 import torchdevice
+from torchdevice.core import callsite as _callsite
 from torchdevice.core import device as _device
+from torchdevice.core import logger as _logger
 
 PROG = "torchdevice"
 BACKEND_ENV = "TORCH_DEVICE_BACKEND"
+REPORT_ENV = "TORCHDEVICE_REPORT"
+# Options of `run` that take a value: the token after them is never the script.
+_RUN_OPTIONS_WITH_VALUE = ("--backend", "--report", "--log-level")
 
 # Exit statuses, as CPython uses them for `python script.py`.
 EXIT_OK = 0
@@ -58,13 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a script or module with torchdevice active",
         description="Run SCRIPT (or -m MODULE) as `python SCRIPT ARGS...` would, with torchdevice active.",
-        usage=f"{PROG} run [--backend BACKEND] (SCRIPT | -m MODULE) [ARGS ...]",
+        usage=(f"{PROG} run [--backend BACKEND] [--report PATH.json] [--log-level LEVEL] "
+               "[--include-libraries] (SCRIPT | -m MODULE) [ARGS ...]"),
         allow_abbrev=False,
     )
     run.add_argument(
         "--backend",
         choices=_device.VALID_BACKENDS,
         help=f"where kernels run; sets {BACKEND_ENV} (default: the environment's value, else auto)",
+    )
+    run.add_argument(
+        "--report",
+        metavar="PATH.json",
+        help="record where the code uses CUDA/MPS-specific APIs and how its ops ran; "
+        "written as JSON to PATH.json and printed on stderr when the target ends, however it ends",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=_logger.LEVELS,
+        type=str.upper,
+        metavar="LEVEL",
+        help=f"torchdevice's log level: {', '.join(_logger.LEVELS)}; sets {_logger.LEVEL_ENV} "
+        "(default: WARNING, which logs only what cannot be emulated faithfully; DEBUG logs each intercepted API "
+        "with the user's file:line)",
+    )
+    run.add_argument(
+        "--include-libraries",
+        action="store_true",
+        help="report (and log) CUDA/MPS API uses inside installed libraries where the library makes them, "
+        f"instead of at the user's call into the library; sets {_callsite.INCLUDE_LIBRARIES_ENV}=1",
     )
     run.add_argument("-m", dest="module", metavar="MODULE", help="run library module MODULE as a script")
     run.add_argument("script", nargs="?", metavar="SCRIPT", help="path of the Python script to run")
@@ -80,7 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     info.set_defaults(handler=_cmd_info)
-    # Room for `report` and `bench`: each is one more add_parser(...) with its own handler.
+
+    report = commands.add_parser(
+        "report",
+        help="print a porting report saved by `run --report`",
+        description="Print a porting report saved by `torchdevice run --report PATH.json`, as text.",
+        allow_abbrev=False,
+    )
+    report.add_argument("path", metavar="PATH.json", help="the saved report")
+    report.set_defaults(handler=_cmd_report)
+    # Room for `bench`: one more add_parser(...) with its own handler.
     return parser
 
 
@@ -95,11 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_status(exc.code)
     if ns.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required: run or info", file=sys.stderr)
+        print(f"{PROG}: error: a command is required: run, info or report", file=sys.stderr)
         return EXIT_USAGE
     ns.args = script_args
-    ns.argv_was_given = argv is not None
-    ns.full_argv = args_in
     return ns.handler(ns)
 
 
@@ -120,7 +158,7 @@ def _split_run_argv(argv: list[str]) -> tuple[list[str], list[str]]:
             return argv[: i + 2], argv[i + 2 :]
         if token.startswith("-m") and not token.startswith("--"):  # -mpkg.module
             return argv[: i + 1], argv[i + 1 :]
-        if token == "--backend":
+        if token in _RUN_OPTIONS_WITH_VALUE:
             i += 2
             continue
         if token.startswith("-"):  # --backend=cpu, -h, or an unknown option argparse rejects
@@ -138,43 +176,64 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return _usage_error("run", "the following arguments are required: SCRIPT or -m MODULE")
     if ns.module is not None and ns.script is not None:
         return _usage_error("run", "give either SCRIPT or -m MODULE, not both")
+    if ns.script is not None and not os.path.exists(ns.script):
+        abspath = os.path.abspath(ns.script)
+        print(f"{PROG} run: can't open file {abspath!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        return EXIT_USAGE  # what `python missing.py` returns
+    report_path = None
+    if ns.report is not None:
+        # Absolute now: the target may change directory before the report is written.
+        report_path = os.path.abspath(ns.report)
+        if not os.path.isdir(os.path.dirname(report_path)):
+            return _usage_error("run", f"argument --report: no such directory: {os.path.dirname(report_path)!r}")
+        os.environ.pop(REPORT_ENV, None)  # this report, not another one from the environment
 
-    if ns.backend is not None and ns.backend != torchdevice.plan.backend:
-        return _reexec_with_backend(ns)
+    # The variables, not only this process's settings: processes the target starts (torchrun
+    # workers, spawned DataLoader workers) activate the same way through the .pth hook.
+    if ns.backend is not None:
+        os.environ[BACKEND_ENV] = ns.backend
+    if ns.log_level is not None:
+        os.environ[_logger.LEVEL_ENV] = ns.log_level
+    if ns.include_libraries:
+        os.environ[_callsite.INCLUDE_LIBRARIES_ENV] = "1"
+    status = _activate("run", ns.backend)
+    if status is not None:
+        return status
 
-    if ns.module is not None:
-        return _run_module(ns.module, ns.args)
-    return _run_script(ns.script, ns.args)
+    report = None
+    if report_path is not None:
+        from torchdevice import report
 
-
-def _reexec_with_backend(ns: argparse.Namespace) -> int:
-    """Start this command again in a process whose ``import torchdevice`` sees ``--backend``.
-
-    The backend is fixed when the package is imported, and Python imports the package before
-    this module: the only way to honour ``--backend`` is a process that has the variable from
-    its start. exec keeps the pid, stdio and exit status, so callers see a single process.
-    """
-    os.environ[BACKEND_ENV] = ns.backend
+        report.start(report_path)
+    status = EXIT_ERROR
     try:
-        _device.plan()  # fails here with one line (e.g. mps on Linux), not deep in an import
+        if ns.module is not None:
+            status = _run_module(ns.module, ns.args)
+        else:
+            status = _run_script(ns.script, ns.args)
+    finally:
+        if report is not None:
+            sys.stdout.flush()
+            report.finish(exit_status=status)
+    return status
+
+
+def _activate(command: str, backend: str | None = None) -> int | None:
+    """Activate torchdevice for this process; a usage status (and one line on stderr) if the environment is bad."""
+    try:
+        _logger.configure_from_env()
+        wanted = _device.plan()  # fails here with one line (e.g. mps on Linux), not deep in an import
     except (ValueError, RuntimeError, NotImplementedError) as exc:
-        print(f"{PROG} run: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if ns.argv_was_given:
-        command = [sys.executable, "-m", "torchdevice", *ns.full_argv]
-    else:
-        command = [sys.executable, *sys.orig_argv[1:]]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
-    raise AssertionError("os.execv returned")  # pragma: no cover - execv never returns
+    plan = torchdevice.activate()
+    if backend is not None and plan != wanted:
+        # Only in a process that activated before this command ran (cli.main called in-process).
+        return _usage_error(command, f"torchdevice is already active here with backend {plan.backend!r}")
+    return None
 
 
 def _run_script(script: str, args: list[str]) -> int:
-    if not os.path.exists(script):
-        abspath = os.path.abspath(script)
-        print(f"{PROG} run: can't open file {abspath!r}: [Errno 2] No such file or directory", file=sys.stderr)
-        return EXIT_USAGE  # what `python missing.py` returns
     # What `python script.py` sets up: argv[0] as typed and the script's real directory first
     # on the path. Like python, `run` takes over this process's argv, path and __main__.
     sys.argv = [script, *args]
@@ -274,7 +333,7 @@ def collect_info() -> dict[str, Any]:
     """Everything ``torchdevice info`` reports, as plain data."""
     import torch
 
-    plan = torchdevice.plan
+    plan = torchdevice.activate()
     cuda_build = _device.torch_has_cuda_build()
     devices = []
     for device_type in plan.emulated:
@@ -344,8 +403,29 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def _cmd_info(ns: argparse.Namespace) -> int:
+    status = _activate("info")
+    if status is not None:
+        return status
     info = collect_info()
     print(json.dumps(info, indent=2) if ns.json else format_info(info))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from torchdevice import report  # no torch: printing a saved report needs none
+
+    try:
+        data = report.load(ns.path)
+    except FileNotFoundError:
+        print(f"{PROG} report: error: no such file: {ns.path!r}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        print(f"{PROG} report: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(report.format_text(data))
     return EXIT_OK
 
 
