@@ -1,4 +1,4 @@
-"""``torchdevice run`` / ``info``: each run in a fresh interpreter, compared with plain ``python``."""
+"""``torchdevice run`` / ``info`` / ``report``: each run in a fresh interpreter, compared with plain ``python``."""
 
 from __future__ import annotations
 
@@ -171,8 +171,13 @@ def test_run_missing_script(tmp_path, run_cli):
         (["run", "--backend", "tpu", "x.py"], "torchdevice run: error: argument --backend: invalid choice: 'tpu'"),
         (["launch"], "torchdevice: error: argument COMMAND: invalid choice: 'launch'"),
         (["info", "--yaml"], "torchdevice: error: unrecognized arguments: --yaml"),
+        (["run", "--log-level", "loud", "x.py"], "torchdevice run: error: argument --log-level: invalid choice: 'LOUD'"),
+        (["run", "--report"], "torchdevice run: error: argument --report: expected one argument"),
+        (["run", "--report", "/no/such/dir/r.json", "x.py"], "torchdevice run: can't open file"),
+        (["report"], "torchdevice report: error: the following arguments are required: PATH.json"),
     ],
-    ids=["no-target", "unknown-option", "bad-backend", "unknown-command", "info-unknown-option"],
+    ids=["no-target", "unknown-option", "bad-backend", "unknown-command", "info-unknown-option", "bad-log-level",
+         "report-without-path", "missing-script-before-report-dir", "report-command-without-path"],
 )
 def test_usage_errors_are_one_line_and_status_2(run_cli, args, message):
     proc = run_cli(args)
@@ -185,7 +190,7 @@ def test_usage_errors_are_one_line_and_status_2(run_cli, args, message):
 def test_no_command_is_a_usage_error(run_cli):
     proc = run_cli([])
     assert proc.returncode == 2
-    assert proc.stderr.splitlines()[-1] == "torchdevice: error: a command is required: run or info"
+    assert proc.stderr.splitlines()[-1] == "torchdevice: error: a command is required: run, info or report"
 
 
 def test_run_backend_option_sets_environment_before_import(tmp_path, run_cli):
@@ -276,6 +281,10 @@ def test_info_json_with_no_visible_device(run_cli):
         (["run", "--backend=cpu", "-m", "pkg.mod", "-v"], ["run", "--backend=cpu", "-m", "pkg.mod"], ["-v"]),
         (["run", "-mpkg", "a"], ["run", "-mpkg"], ["a"]),
         (["run", "--", "-odd-name.py", "x"], ["run", "--", "-odd-name.py"], ["x"]),
+        (["run", "--report", "r.json", "--log-level", "debug", "s.py", "--report", "x"],
+         ["run", "--report", "r.json", "--log-level", "debug", "s.py"], ["--report", "x"]),
+        (["run", "--include-libraries", "-m", "pkg", "--include-libraries"],
+         ["run", "--include-libraries", "-m", "pkg"], ["--include-libraries"]),
         (["run"], ["run"], []),
         (["info", "--json"], ["info", "--json"], []),
     ],
@@ -288,7 +297,14 @@ def test_version_and_help_exit_zero(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"torchdevice {torchdevice.__version__}"
     assert cli.main(["run", "--help"]) == 0
-    assert "usage: torchdevice run [--backend BACKEND] (SCRIPT | -m MODULE) [ARGS ...]" in capsys.readouterr().out
+    assert ("usage: torchdevice run [--backend BACKEND] [--report PATH.json] [--log-level LEVEL] "
+            "[--include-libraries] (SCRIPT | -m MODULE) [ARGS ...]") in capsys.readouterr().out
+    assert cli.main(["report", "--help"]) == 0
+    assert "usage: torchdevice report [-h] PATH.json" in capsys.readouterr().out
+    assert cli.main(["info", "--help"]) == 0
+    assert "usage: torchdevice info [-h] [--json]" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0
+    assert "report    print a porting report saved by `run --report`" in capsys.readouterr().out
 
 
 def test_collect_info_in_process():
@@ -304,3 +320,76 @@ def test_cli_module_does_not_import_torch_itself():
     top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     modules = [line.split()[1] for line in top_level]
     assert [m for m in modules if m == "torch" or m.startswith("torch.")] == []
+
+
+# ------------------------------------------------------- activation by the command line itself
+
+
+def test_bad_backend_in_environment_is_one_line(tmp_path, run_cli):
+    """The package defers activation to the command, so a bad environment is a usage error, not a traceback."""
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    for args in (["run", "report.py"], ["info"]):
+        proc = run_cli(args, cwd=tmp_path, env={"TORCH_DEVICE_BACKEND": "tpu"})
+        assert proc.returncode == 2, describe(proc)
+        command = args[0]
+        assert proc.stderr == (
+            f"torchdevice {command}: error: TORCH_DEVICE_BACKEND='tpu' is not a valid backend; "
+            "choose one of: auto, cpu, mps, cuda\n"
+        )
+        assert proc.stdout == ""
+
+
+def test_bad_log_level_in_environment_is_one_line(tmp_path, run_cli):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "report.py"], cwd=tmp_path, env={"TORCHDEVICE_LOG_LEVEL": "loud"})
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.startswith("torchdevice run: error: TORCHDEVICE_LOG_LEVEL='LOUD' is not valid")
+    assert proc.stderr.count("\n") == 1
+
+
+# A sitecustomize that makes a restart (os.execv) or an import of torch fail loudly.
+GUARDS = """\
+import os, sys
+
+def _no_exec(*args):
+    raise SystemExit("guard: os.execv called")
+
+os.execv = _no_exec
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and os.environ.get("GUARD_NO_TORCH"):
+            raise ImportError("guard: torch imported")
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_run_backend_option_needs_no_restart(tmp_path, run_cli):
+    """--backend is honoured in this very process: activation waits for the command to read it."""
+    write(tmp_path / "guards" / "sitecustomize.py", GUARDS)
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "--backend", "cpu", "report.py"], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "guards")})
+    assert proc.returncode == 0, describe(proc)
+    report = last_json_line(proc.stdout)
+    assert report["plan_backend"] == "cpu"
+    assert report["hooks_route"] == "registry"  # still loaded before torch
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"], ["--version"]])
+def test_help_and_report_never_import_torch(tmp_path, run_cli, args):
+    write(tmp_path / "guards" / "sitecustomize.py", GUARDS)
+    proc = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "guards"), "GUARD_NO_TORCH": "1"})
+    assert proc.returncode == 0, describe(proc)
+    assert "guard" not in proc.stderr
+
+
+def test_log_level_option(tmp_path, run_cli):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "--log-level", "info", "report.py"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "[torchdevice] INFO emulating cuda on cpu: 1 device(s), hooks via registry" in proc.stderr.splitlines()
+    quiet = run_cli(["run", "report.py"], cwd=tmp_path)
+    assert quiet.returncode == 0, describe(quiet)
+    assert quiet.stderr == ""
