@@ -8,6 +8,13 @@
 #include <c10/core/TensorImpl.h>
 
 namespace torchdevice::dispatch {
+namespace {
+
+void release_original(void* keep_alive) {
+  delete static_cast<c10::Storage*>(keep_alive);
+}
+
+} // namespace
 
 at::Tensor StandIns::make(const at::Tensor& t) {
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
@@ -21,11 +28,15 @@ at::Tensor StandIns::make(const at::Tensor& t) {
     }
   }
   if (!storage) {
-    // Non-owning view of the original bytes. The CPU allocator is what a CPU kernel's resize
-    // uses to grow it; sync_back() then moves the new buffer into the original storage.
+    // A view of the original bytes that keeps the original storage alive: a kernel may hand the
+    // stand-in to work that outlives the call (asynchronous c10d collectives). The CPU
+    // allocator is what a CPU kernel's resize uses to grow it; sync_back() then moves the new
+    // buffer into the original storage.
+    auto* keep_alive = new c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(original));
     storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
         c10::StorageImpl::use_byte_size_t(), original->nbytes(),
-        c10::DataPtr(const_cast<void*>(original->data_ptr().get()), c10::Device(c10::DeviceType::CPU)),
+        c10::DataPtr(const_cast<void*>(original->data_ptr().get()), keep_alive, &release_original,
+                     c10::Device(c10::DeviceType::CPU)),
         c10::GetCPUAllocator(), original->resizable()));
     storages_.push_back({original, storage});
   }

@@ -145,8 +145,13 @@ PYBIND11_MODULE(_C, m) {
     c10::StorageImpl* storage = view.storage().unsafeGetStorageImpl();
     TORCH_CHECK(torchdevice::is_emulated_type(storage->device_type()),
                 "torchdevice: resize_storage_bytes expects an emulated device storage, got ", storage->device());
-    c10::DeviceGuard guard(storage->device());
+    const c10::Device device = storage->device();
+    c10::DeviceGuard guard(device);
     at::native::resize_bytes_cpu(storage, nbytes);
+    if (nbytes == 0) {
+      // resize_bytes_cpu leaves an empty CPU DataPtr; an emptied device storage stays on its device.
+      storage->set_data_ptr_noswap(c10::DataPtr(nullptr, device));
+    }
   });
 
   m.def("default_generator", [](const std::string& type, int index) {
