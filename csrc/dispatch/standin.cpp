@@ -41,15 +41,18 @@ at::Tensor StandIns::make(const at::Tensor& t) {
     storages_.push_back({original, storage});
   }
 
-  // ZeroTensors (no memory behind them) must stay ZeroTensors; the key can only be given at
-  // construction.
-  auto keys = c10::DispatchKeySet(c10::DispatchKey::CPU);
-  if (t._is_zerotensor()) keys = keys.add(c10::DispatchKey::ZeroTensor);
-  auto standin = c10::make_intrusive<c10::TensorImpl>(std::move(storage), keys, t.dtype());
+  auto standin = c10::make_intrusive<c10::TensorImpl>(
+      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), t.dtype());
   standin->set_sizes_and_strides(impl->sizes(), impl->strides(), impl->storage_offset());
-  // Lazy-conjugate/negative views stay lazy: the CPU kernel resolves them as it would on CPU.
-  if (t.is_conj()) standin->_set_conj(true);
-  if (t.is_neg()) standin->_set_neg(true);
+  // The original's keys on the CPU backend: lazy conj/neg views stay lazy, ZeroTensors stay
+  // ZeroTensors, and a normal tensor's stand-in is no inference tensor even in inference mode.
+  internals::copy_keys_to_cpu(standin.get(), impl);
+  if (!impl->is_inference()) {
+    // Share the version counter too: views a CPU kernel takes of the stand-in (in inference
+    // mode, ADInplaceOrView still tracks them for normal tensors) and in-place writes then
+    // count against the original, as they would on a GPU.
+    standin->set_version_counter(impl->version_counter());
+  }
   at::Tensor result(std::move(standin));
   tensors_.push_back({result, t});
   return result;

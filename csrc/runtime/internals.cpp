@@ -38,6 +38,17 @@ void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
   impl->*TensorImplAccess::device_opt = device;
 }
 
+void copy_keys_to_cpu(c10::TensorImpl* standin, const c10::TensorImpl* original) {
+  auto keys = original->*TensorImplAccess::key_set;
+  const auto from = keys.highestBackendKey();
+  const auto to = c10::BackendComponent::CPUBit;
+  if (from != to) {
+    keys = keys.remove_backend(from) - c10::getAutocastRelatedKeySetFromBackend(from);
+    keys = keys | c10::DispatchKeySet(to) | c10::getAutocastRelatedKeySetFromBackend(to);
+  }
+  standin->*TensorImplAccess::key_set = keys;
+}
+
 void adopt_hooks_vtable(const at::AcceleratorHooksInterface& live, const at::AcceleratorHooksInterface& replacement) {
   // Itanium C++ ABI: the vtable pointer is the object's first word. torch heap-allocates its
   // hooks object and never frees it, so rewriting that word is safe once no other thread

@@ -19,7 +19,6 @@ NATIVE_VIEW_KEYS = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=NATIVE_VIEW_KEYS)
 def test_views_of_ordinary_tensors_in_inference_mode():
     x = torch.randn(2, 8, device="cuda")
     with torch.inference_mode():
@@ -28,7 +27,6 @@ def test_views_of_ordinary_tensors_in_inference_mode():
         assert view._version == x._version
 
 
-@pytest.mark.xfail(strict=True, reason=NATIVE_VIEW_KEYS)
 def test_module_forward_in_inference_mode():
     linear = torch.nn.Linear(8, 4).cuda()
     x = torch.randn(2, 8, device="cuda")
