@@ -52,7 +52,7 @@ def test_the_pth_hook_is_installed():
     found = [d for d in dirs if os.path.exists(os.path.join(d, PTH))]
     assert found, f"{PTH} is not in {dirs}: reinstall torchdevice (pip install --no-build-isolation -e .)"
     text = Path(found[0], PTH).read_text()
-    assert 'os.environ.get("TORCH_DEVICE_BACKEND") and __import__("torchdevice")' in text
+    assert 'os.environ.get("TORCH_DEVICE_BACKEND") and __import__("torchdevice")._activate_from_pth()' in text
 
 
 def test_backend_in_environment_activates_an_unmodified_script(tmp_path, run_python):

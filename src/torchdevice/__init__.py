@@ -89,13 +89,12 @@ def patches():
     return list(_REGISTRY)
 
 
+def _activate_from_pth() -> None:
+    """Called by torchdevice-activate.pth after importing the package: activate on `import torch`."""
+    if _mode == _startup.SITE:
+        _startup.activate_from_pth(activate, _preload_for_hook)
+
+
 _mode = _startup.mode()
 if _mode == _startup.NOW:
     activate()
-elif _mode == _startup.SITE:
-    try:
-        _device.plan()  # a bad environment: one line now, not a traceback at `import torch`
-    except (ValueError, RuntimeError, NotImplementedError) as _exc:
-        _startup.report_startup_error(_exc)
-    else:
-        _startup.install_import_hook(activate, _preload_for_hook)

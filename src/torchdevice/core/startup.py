@@ -7,7 +7,8 @@
   ``--log-level``), and ``report``/``--help`` never load torch at all;
 * the import comes from the ``torchdevice-activate.pth`` file the package installs into
   site-packages, whose single line imports torchdevice only when ``TORCH_DEVICE_BACKEND`` is
-  set. Then :func:`install_import_hook` puts a finder in front of ``sys.meta_path`` that
+  set, and calls :func:`activate_from_pth`. It checks the environment (a bad value is one line
+  on stderr), then :func:`install_import_hook` puts a finder in front of ``sys.meta_path`` that
   activates when the process first imports torch: the native core is loaded before torch
   (its CUDA hooks win torch's registry, as for ``import torchdevice`` first), and torchdevice is
   active before the importing code's next line. Programs that never import torch pay nothing.
@@ -65,7 +66,13 @@ def started_by_cli() -> bool:
     if module is not None:
         return module in _CLI_MODULES
     argv0 = sys.argv[0] if getattr(sys, "argv", None) else ""
-    return os.path.basename(argv0) == "torchdevice" and os.path.isfile(argv0)
+    if os.path.basename(argv0) != "torchdevice" or not os.path.isfile(argv0):
+        return False
+    try:  # the console script pip generates, not some other file of that name
+        with open(argv0, "rb") as f:
+            return b"torchdevice.cli" in f.read(4096)
+    except OSError:
+        return False
 
 
 def _imported_by_pth() -> bool:
@@ -155,9 +162,26 @@ def remove_import_hook() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, TorchImportHook)]
 
 
-def report_startup_error(exc: BaseException) -> None:
-    """One line on stderr for a bad environment found at interpreter start; the process goes on."""
-    print(f"torchdevice: error: {exc} (torchdevice is not active in this process)", file=sys.stderr)
+def activate_from_pth(activate: Callable[[], object], preload: Callable[[], object]) -> None:
+    """What the .pth line does once the package is imported: check the environment, then hook torch.
+
+    A bad environment is one line on stderr, and the process goes on without torchdevice: the
+    package leaves sys.modules, so a program that imports torchdevice itself gets the error
+    as it would without the .pth (a ValueError at its ``import torchdevice``).
+    """
+    from torchdevice.core import device
+
+    try:
+        device.plan()
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        # site may process the .pth twice (lib and lib64 are one directory): one line, once.
+        if not getattr(sys, "_torchdevice_startup_error", False):
+            sys._torchdevice_startup_error = True  # type: ignore[attr-defined]
+            print(f"torchdevice: error: {exc} (torchdevice is not active in this process)", file=sys.stderr)
+        for name in [m for m in sys.modules if m == "torchdevice" or m.startswith("torchdevice.")]:
+            del sys.modules[name]
+        return
+    install_import_hook(activate, preload)
 
 
 # --------------------------------------------------------------------- after activation
