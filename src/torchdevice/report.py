@@ -592,15 +592,18 @@ def _make_census(report: Report):
         return "fallback" if ":: (none)" in device_line else "kernel"
 
     def on_device(args: tuple, kwargs: dict) -> bool:
+        # A device argument decides (empty(device=...), _to_copy of a host tensor to the device);
+        # otherwise the first tensor does.
+        if kwargs:
+            device = kwargs.get("device")
+            if device is not None:
+                return getattr(device, "type", None) == device_type
         for a in args:
             if isinstance(a, tensor_type):
                 return a.device.type == device_type
             if isinstance(a, (list, tuple)) and a and isinstance(a[0], tensor_type):
                 return a[0].device.type == device_type
         if kwargs:
-            device = kwargs.get("device")
-            if device is not None:
-                return getattr(device, "type", None) == device_type
             for v in kwargs.values():
                 if isinstance(v, tensor_type):
                     return v.device.type == device_type
