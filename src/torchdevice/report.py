@@ -871,18 +871,21 @@ def format_text(data: dict[str, Any], path: str | None = None, cwd: str | None =
     ]
     if not sites:
         lines.append("no CUDA- or MPS-specific call sites in user code"
-                     + ("" if data.get("include_libraries") else " (libraries not included)"))
+                     + ("" if not data.get("include_libraries") else " or libraries"))
     else:
         calls = sum(s["count"] or 0 for s in sites)
+        through = sum(1 for s in sites if s.get("via"))
         lines.append(f"{_plural(len(sites), 'call site')} ({_plural(calls, 'call')}) in {_plural(len(files), 'file')} "
                      "use CUDA- or MPS-specific APIs"
-                     + ("" if data.get("include_libraries") else "; libraries not included"))
+                     + (f"; {through} of them are calls made inside libraries, shown at the code's call into them"
+                        if through else "")
+                     + ("; library code included" if data.get("include_libraries") else ""))
     width = min(max((len(s["api"]) for s in sites), default=0), 48)
     for file, entries in files.items():
         lines.append("")
         lines.append(f"{callsite.display_path(file, cwd)}")
         for s in entries:
-            via = f" (via {', '.join(s['via'])})" if s.get("via") else ""
+            via = f" [inside {', '.join(s['via'])}]" if s.get("via") else ""
             count = "source " if s.get("count") is None else f"x{s['count']:<6}"
             lines.append(f"  {s['line']:>5}  {count} {s['api']:<{width}}  {s['note']}{via}")
     census = data.get("census") or {}
