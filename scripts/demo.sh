@@ -5,5 +5,6 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/setup_env.sh
+# The demo needs no integration-test libraries.
+INTEGRATION="${INTEGRATION:-0}" bash scripts/setup_env.sh
 exec .venv/bin/python -m torchdevice run examples/train_cuda_mlp.py "$@"
