@@ -316,17 +316,22 @@ def _check_op_sample(op, args_cpu, args_cuda, requires_grad: bool, what: str) ->
     if err:
         return err
     if requires_grad:
-        leaves_cpu = [t for t in pytree.tree_leaves(args_cpu) if isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf]
-        leaves_cuda = [t for t in pytree.tree_leaves(args_cuda) if isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf]
-        if leaves_cpu:
-            g_cpu, g_cuda, e_cpu, e_cuda = run_both(
-                lambda: backward_and_grads(out_cpu, leaves_cpu), lambda: backward_and_grads(out_cuda, leaves_cuda)
-            )
-            err = check_errors(e_cpu, e_cuda, f"{what} backward")
-            if err or e_cpu is not None:
-                return err
-            return compare_trees(g_cpu, g_cuda, f"{what} grad")
+        leaves = lambda tree: [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf]  # noqa: E731
+        return compare_gradients(out_cpu, out_cuda, leaves(args_cpu), leaves(args_cuda), what)
     return None
+
+
+def compare_gradients(out_cpu, out_cuda, leaves_cpu: list, leaves_cuda: list, what: str) -> str | None:
+    """Backward from both outputs; the gradients of corresponding leaves must be identical."""
+    if not leaves_cpu:
+        return None
+    g_cpu, g_cuda, e_cpu, e_cuda = run_both(
+        lambda: backward_and_grads(out_cpu, leaves_cpu), lambda: backward_and_grads(out_cuda, leaves_cuda)
+    )
+    err = check_errors(e_cpu, e_cuda, f"{what} backward")
+    if err or e_cpu is not None:
+        return err
+    return compare_trees(g_cpu, g_cuda, f"{what} grad")
 
 
 def opinfo_cases(names: set[str] | None = None):
@@ -385,15 +390,12 @@ def _check_module_input(module_info, mi, dtype, what: str) -> str | None:
     err = compare_trees(out_cpu, out_cuda, f"{what} output")
     if err:
         return err
-    leaves_cpu = [p for p in m_cpu.parameters() if p.requires_grad] + [t for t in pytree.tree_leaves(fwd_cpu) if isinstance(t, torch.Tensor) and t.requires_grad]
-    leaves_cuda = [p for p in m_cuda.parameters() if p.requires_grad] + [t for t in pytree.tree_leaves(fwd_cuda) if isinstance(t, torch.Tensor) and t.requires_grad]
-    if leaves_cpu:
-        g_cpu, g_cuda, e_cpu, e_cuda = run_both(lambda: backward_and_grads(out_cpu, leaves_cpu), lambda: backward_and_grads(out_cuda, leaves_cuda))
-        err = check_errors(e_cpu, e_cuda, f"{what} backward")
-        if err or e_cpu is not None:
-            return err
-        return compare_trees(g_cpu, g_cuda, f"{what} grad")
-    return None
+    def leaves(module, inputs):
+        return [p for p in module.parameters() if p.requires_grad] + [
+            t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor) and t.requires_grad
+        ]
+
+    return compare_gradients(out_cpu, out_cuda, leaves(m_cpu, fwd_cpu), leaves(m_cuda, fwd_cuda), what)
 
 
 def moduleinfo_cases(names: set[str] | None = None):
