@@ -21,6 +21,12 @@ import torchdevice  # noqa: F401 - must precede torch; see above
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# How the CUDA hooks get installed when torchdevice is loaded before torch: from PyTorch's hooks
+# registry on a CPU build; on a CUDA build of torch they are always taken over after import.
+from torchdevice.core.device import torch_has_cuda_build  # noqa: E402
+
+EARLY_HOOKS_ROUTE = "vtable" if torch_has_cuda_build() else "registry"
+
 # Variables that change what torchdevice does. Fresh interpreters start without them, so a
 # developer's shell cannot change test outcomes; tests set the ones they are about.
 TORCHDEVICE_ENV = (

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from torchdevice.core import startup
-from tests.conftest import REPO_ROOT, describe
+from tests.conftest import REPO_ROOT, describe, EARLY_HOOKS_ROUTE
 
 PTH = "torchdevice-activate.pth"
 
@@ -68,7 +68,7 @@ def test_backend_in_environment_activates_an_unmodified_script(tmp_path, run_pyt
         "is_cuda": True,
         "sum": 6.0,
         "available": True,
-        "hooks_route": "registry",
+        "hooks_route": EARLY_HOOKS_ROUTE,
     }
 
 

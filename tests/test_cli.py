@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchdevice
 from torchdevice import cli
-from tests.conftest import describe
+from tests.conftest import describe, EARLY_HOOKS_ROUTE
 
 REPORT_SCRIPT = """\
 import json, os, sys
@@ -70,7 +70,7 @@ def test_run_imports_torchdevice_before_torch(tmp_path, run_cli):
     write(tmp_path / "report.py", REPORT_SCRIPT)
     proc = run_cli(["run", "report.py"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert last_json_line(proc.stdout)["hooks_route"] == "registry"
+    assert last_json_line(proc.stdout)["hooks_route"] == EARLY_HOOKS_ROUTE
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ def test_info_text(run_cli):
     assert lines[0] == f"torchdevice {torchdevice.__version__}"
     assert "  backend      auto (kernels run on cpu)" in lines
     assert "  emulated     cuda x1" in lines
-    assert "  hooks route  registry" in lines
+    assert f"  hooks route  {EARLY_HOOKS_ROUTE}" in lines
     assert f"torch {torch.__version__} (CPU build)" in lines
     assert any(line.startswith("  cuda:0  torchdevice emulated GPU (CPU)  capability 8.0") for line in lines)
 
@@ -252,7 +252,7 @@ def test_info_json(run_cli):
     info = json.loads(proc.stdout)
     assert info["torchdevice"]["version"] == torchdevice.__version__
     assert info["plan"] == {"backend": "auto", "runner": "cpu", "emulated": ["cuda"], "device_count": 2}
-    assert info["activation"]["hooks_route"] == "registry"
+    assert info["activation"]["hooks_route"] == EARLY_HOOKS_ROUTE
     assert info["torch"] == {"version": torch.__version__, "build": "cpu", "cuda_version": None}
     assert info["environment"]["TORCHDEVICE_DEVICE_COUNT"] == "2"
     assert [d["device"] for d in info["devices"]] == ["cuda:0", "cuda:1"]
@@ -374,7 +374,7 @@ def test_run_backend_option_needs_no_restart(tmp_path, run_cli):
     assert proc.returncode == 0, describe(proc)
     report = last_json_line(proc.stdout)
     assert report["plan_backend"] == "cpu"
-    assert report["hooks_route"] == "registry"  # still loaded before torch
+    assert report["hooks_route"] == EARLY_HOOKS_ROUTE  # still loaded before torch
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"], ["--version"]])
@@ -389,7 +389,7 @@ def test_log_level_option(tmp_path, run_cli):
     write(tmp_path / "report.py", REPORT_SCRIPT)
     proc = run_cli(["run", "--log-level", "info", "report.py"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    assert "[torchdevice] INFO emulating cuda on cpu: 1 device(s), hooks via registry" in proc.stderr.splitlines()
+    assert f"[torchdevice] INFO emulating cuda on cpu: 1 device(s), hooks via {EARLY_HOOKS_ROUTE}" in proc.stderr.splitlines()
     quiet = run_cli(["run", "report.py"], cwd=tmp_path)
     assert quiet.returncode == 0, describe(quiet)
     assert quiet.stderr == ""

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.conftest import describe
+from tests.conftest import describe, EARLY_HOOKS_ROUTE
 
 CHECKS = """
 import json
@@ -37,7 +37,7 @@ print(json.dumps({
 """
 
 ORDERS = {
-    "torchdevice-first": ("import torchdevice\nimport torch\n", "registry"),
+    "torchdevice-first": ("import torchdevice\nimport torch\n", EARLY_HOOKS_ROUTE),
     "torch-first": ("import torch\nimport torchdevice\n", "vtable"),
 }
 

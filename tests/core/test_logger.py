@@ -10,7 +10,7 @@ import pytest
 
 import torch
 from torchdevice.core import callsite, logger as td_logger
-from tests.conftest import describe
+from tests.conftest import describe, EARLY_HOOKS_ROUTE
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_an_application_logging_config_gets_the_records_once(run_code):
 def test_info_level_reports_activation(run_code):
     proc = run_code("import torchdevice", env={"TORCHDEVICE_LOG_LEVEL": "INFO"})
     assert proc.returncode == 0, describe(proc)
-    assert proc.stderr == "[torchdevice] INFO emulating cuda on cpu: 1 device(s), hooks via registry\n"
+    assert proc.stderr == f"[torchdevice] INFO emulating cuda on cpu: 1 device(s), hooks via {EARLY_HOOKS_ROUTE}\n"
 
 
 def test_debug_logs_each_api_with_the_users_file_and_line(tmp_path, run_python):
