@@ -50,6 +50,19 @@ class Result:
     def ok(self) -> bool:
         return self.samples == self.identical
 
+    def tally(self, check: Callable[[], str | None]) -> None:
+        """Run one sample's check and count it: identical, different, or unsupported on the device."""
+        try:
+            err = check()
+        except Unsupported:
+            self.unsupported += 1
+            return
+        self.samples += 1
+        if err:
+            self.failures.append(err)
+        else:
+            self.identical += 1
+
 
 def load_known_differences() -> dict[str, str]:
     """case -> reason, from known_differences.txt ("case  # reason" lines; "[mps] case" lines
@@ -259,29 +272,23 @@ def run_opinfo(op, dtype: torch.dtype, max_samples: int | None = None) -> Result
         cuda_samples = []
     if max_samples is not None:
         samples = samples[:max_samples]
+    def check(i: int, sample, cuda_sample) -> str | None:
+        cpu_args = (sample.input, sample.args, sample.kwargs)
+        if cuda_sample is not None and same_inputs(cpu_args, (cuda_sample.input, cuda_sample.args, cuda_sample.kwargs)):
+            cuda_args = to_device((cuda_sample.input, cuda_sample.args, cuda_sample.kwargs), None)
+        else:
+            try:
+                cuda_args = to_device(cpu_args, DEVICE)
+            except TypeError as e:
+                _raise_if_unsupported(e)
+                raise
+            if "device" in cuda_args[2]:  # factory samples name their device
+                cuda_args[2]["device"] = DEVICE
+        return _check_op_sample(op, to_device(cpu_args, "cpu"), cuda_args, requires_grad, f"sample {i}")
+
     for i, sample in enumerate(samples):
         cuda_sample = cuda_samples[i] if i < len(cuda_samples) else None
-        cpu_args = (sample.input, sample.args, sample.kwargs)
-        try:
-            if cuda_sample is not None and same_inputs(cpu_args, (cuda_sample.input, cuda_sample.args, cuda_sample.kwargs)):
-                cuda_args = to_device((cuda_sample.input, cuda_sample.args, cuda_sample.kwargs), None)
-            else:
-                try:
-                    cuda_args = to_device(cpu_args, DEVICE)
-                except TypeError as e:
-                    _raise_if_unsupported(e)
-                    raise
-                if "device" in cuda_args[2]:  # factory samples name their device
-                    cuda_args[2]["device"] = DEVICE
-            err = _check_op_sample(op, to_device(cpu_args, "cpu"), cuda_args, requires_grad, f"sample {i}")
-        except Unsupported:
-            result.unsupported += 1
-            continue
-        result.samples += 1
-        if err:
-            result.failures.append(err)
-        else:
-            result.identical += 1
+        result.tally(lambda: check(i, sample, cuda_sample))
     return result
 
 
@@ -364,16 +371,7 @@ def run_moduleinfo(module_info, dtype: torch.dtype = torch.float32) -> Result:
             module_info.module_cls(*mi.constructor_input.args, **mi.constructor_input.kwargs)
         except Exception:  # noqa: BLE001 - inputs the module itself rejects test nothing here
             continue
-        try:
-            err = _check_module_input(module_info, mi, dtype, f"input {i}")
-        except Unsupported:
-            result.unsupported += 1
-            continue
-        result.samples += 1
-        if err:
-            result.failures.append(err)
-        else:
-            result.identical += 1
+        result.tally(lambda: _check_module_input(module_info, mi, dtype, f"input {i}"))
     return result
 
 
@@ -425,16 +423,7 @@ def run_optiminfo(optim_info, impl: str | None, steps: int = 3) -> Result:
         cpu_kwargs = dict(kwargs)
         if impl is None and _defaults_to_foreach(cls) and "foreach" not in kwargs and _foreach_is_default_on(DEVICE):
             cpu_kwargs["foreach"] = True
-        try:
-            err = _check_optimizer(cls, cpu_kwargs, kwargs, steps, f"input {i} ({oi.desc})")
-        except Unsupported:
-            result.unsupported += 1
-            continue
-        result.samples += 1
-        if err:
-            result.failures.append(err)
-        else:
-            result.identical += 1
+        result.tally(lambda: _check_optimizer(cls, cpu_kwargs, kwargs, steps, f"input {i} ({oi.desc})"))
     return result
 
 
