@@ -19,7 +19,13 @@ Activation activate(c10::DeviceType type, int count) {
   c10::SetAllocator(type, &allocator_for(type), /*priority=*/UINT8_MAX);
   Activation result;
   result.fallback_registrations = dispatch::register_dispatch(type);
-  result.hooks_route = type == c10::DeviceType::CUDA ? install_cuda_hooks() : install_mps_hooks();
+  if (type == c10::DeviceType::CUDA) {
+    result.hooks_route = install_cuda_hooks();
+  } else {
+    result.hooks_route = install_mps_hooks();
+    // One accelerator per process: MPS, as on a Mac (a CUDA build's real hooks would claim CUDA too).
+    install_disabled_cuda_hooks();
+  }
   return result;
 }
 

@@ -80,6 +80,24 @@ struct EmulatedCUDAHooks final : at::CUDAHooksInterface {
 static_assert(sizeof(EmulatedCUDAHooks) == sizeof(at::CUDAHooksInterface),
               "EmulatedCUDAHooks must stay data-free (see internals::adopt_hooks_vtable)");
 
+// CUDA switched off, for a process whose accelerator is the emulated MPS: PyTorch allows one
+// accelerator type per process (at::accelerator::getAccelerator() refuses two hooks objects
+// that say isBuilt()), and on a Mac, where MPS code runs, torch has no CUDA. Every answer is
+// the interface's own default, i.e. what a build without CUDA gives (asking for CUDA
+// features raises "... without ATen_cuda library"); the availability queries are spelled out.
+struct DisabledCUDAHooks final : at::CUDAHooksInterface {
+  bool isBuilt() const override { return false; }
+  bool isAvailable() const override { return false; }
+  c10::DeviceIndex deviceCount() const override { return 0; }
+  bool hasCUDA() const override { return false; }
+  bool hasCUDART() const override { return false; }
+  bool hasCuDNN() const override { return false; }
+  bool compiledWithCuDNN() const override { return false; }
+  int getNumGPUs() const override { return 0; }
+};
+static_assert(sizeof(DisabledCUDAHooks) == sizeof(at::CUDAHooksInterface),
+              "DisabledCUDAHooks must stay data-free (see internals::adopt_hooks_vtable)");
+
 std::atomic<bool> g_registered{false};
 
 bool is_ours(const at::CUDAHooksInterface& hooks) {
@@ -112,6 +130,17 @@ const char* install_cuda_hooks() {
   TORCH_CHECK(is_ours(at::detail::getCUDAHooks()),
               "torchdevice: could not install CUDA hooks into this torch build; "
               "start Python with `python -m torchdevice run ...` so they load before torch");
+  return "vtable";
+}
+
+const char* install_disabled_cuda_hooks() {
+  const auto& live = at::detail::getCUDAHooks();
+  TORCH_CHECK(!is_ours(live), "torchdevice: cuda is emulated in this process; it cannot also be switched off");
+  if (dynamic_cast<const DisabledCUDAHooks*>(&live) == nullptr) {
+    static const DisabledCUDAHooks replacement;
+    internals::adopt_hooks_vtable(live, replacement);
+  }
+  TORCH_CHECK(!at::detail::getCUDAHooks().isBuilt(), "torchdevice: could not switch off this torch build's CUDA hooks");
   return "vtable";
 }
 

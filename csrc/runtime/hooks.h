@@ -19,6 +19,12 @@ extern "C" bool torchdevice_register_cuda_hooks();
 // Returns "registry" or "vtable" (how it was done).
 const char* install_cuda_hooks();
 
+// For a process that emulates MPS: makes at::getCUDAHooks() answer as a torch build without
+// CUDA does (isBuilt/hasCUDA false, no devices), so MPS is the only accelerator, as on a Mac.
+// On a CUDA build of torch the real CUDA hooks would otherwise claim an accelerator
+// ("Cannot have both MPS and cuda"). Returns "vtable" (the live object is always taken over).
+const char* install_disabled_cuda_hooks();
+
 // The same for MPS (at::detail::getMPSHooks(): torch.mps and torch._C._mps_* go through it).
 extern "C" bool torchdevice_register_mps_hooks();
 const char* install_mps_hooks();
