@@ -2,6 +2,7 @@
 
 #include "dispatch/registration.h"
 #include "runtime/allocator.h"
+#include "runtime/ddp_timer.h"
 #include "runtime/device.h"
 #include "runtime/guard.h"
 #include "runtime/hooks.h"
@@ -19,6 +20,7 @@ Activation activate(c10::DeviceType type, int count) {
   c10::SetAllocator(type, &allocator_for(type), /*priority=*/UINT8_MAX);
   Activation result;
   result.fallback_registrations = dispatch::register_dispatch(type);
+  register_ddp_timer(type);
   if (type == c10::DeviceType::CUDA) {
     result.hooks_route = install_cuda_hooks();
   } else {

@@ -357,6 +357,20 @@ def test_collectives_keep_emulated_cuda_tensors_in_place(single_rank_group):
     assert dist.barrier(device_ids=[0]) is None
 
 
+def test_ddp_times_its_iterations_with_the_host_clock(single_rank_group):
+    # DDP's reducer times forward, backward and communication with the timer registered for the
+    # device type: the CUDA build's records cudaEvents (no driver here), the CPU build has none
+    # for cuda. The native core registers a host-clock timer, which the synchronous device makes
+    # exact, so DDP's sampled runtime statistics are real measurements.
+    single_rank_group("nccl")
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2).to("cuda"), device_ids=[0])
+    for _ in range(3):
+        model(torch.randn(3, 4, device="cuda")).sum().backward()
+    data = model._get_ddp_logging_data()
+    assert data["avg_forward_compute_time"] > 0 and data["avg_backward_compute_time"] > 0
+    assert data["forward_compute_time_start"] > 0
+
+
 def test_patches_are_registered_under_ops_distributed():
     # Functional collectives are patched when first imported (DTensor, FSDP2 and TP import them).
     import torch.distributed._functional_collectives  # noqa: F401
