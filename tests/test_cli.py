@@ -13,6 +13,7 @@ import torch
 import torchdevice
 from torchdevice import cli
 from tests.conftest import describe, EARLY_HOOKS_ROUTE
+from torchdevice.core.device import torch_has_cuda_build
 
 REPORT_SCRIPT = """\
 import json, os, sys
@@ -233,6 +234,11 @@ def test_console_script_runs(tmp_path, run_python):
 
 # ------------------------------------------------------------------------------------ info
 
+# What `info` reports about the installed torch: its build, not the emulated device's answers
+# (in this process torch.version.cuda is None on every build; see ops/device.py).
+TORCH_BUILD = "cuda" if torch_has_cuda_build() else "cpu"
+TORCH_BUILD_CUDA = cli._build_cuda_version()
+
 
 def test_info_text(run_cli):
     proc = run_cli(["info"])
@@ -242,7 +248,8 @@ def test_info_text(run_cli):
     assert "  backend      auto (kernels run on cpu)" in lines
     assert "  emulated     cuda x1" in lines
     assert f"  hooks route  {EARLY_HOOKS_ROUTE}" in lines
-    assert f"torch {torch.__version__} (CPU build)" in lines
+    build = f"CUDA build, CUDA {TORCH_BUILD_CUDA}" if TORCH_BUILD == "cuda" else "CPU build"
+    assert f"torch {torch.__version__} ({build})" in lines
     assert any(line.startswith("  cuda:0  torchdevice emulated GPU (CPU)  capability 8.0") for line in lines)
 
 
@@ -253,7 +260,8 @@ def test_info_json(run_cli):
     assert info["torchdevice"]["version"] == torchdevice.__version__
     assert info["plan"] == {"backend": "auto", "runner": "cpu", "emulated": ["cuda"], "device_count": 2}
     assert info["activation"]["hooks_route"] == EARLY_HOOKS_ROUTE
-    assert info["torch"] == {"version": torch.__version__, "build": "cpu", "cuda_version": None}
+    assert info["torch"] == {"version": torch.__version__, "build": TORCH_BUILD, "cuda_version": TORCH_BUILD_CUDA}
+    assert (TORCH_BUILD_CUDA is None) == (TORCH_BUILD == "cpu")
     assert info["environment"]["TORCHDEVICE_DEVICE_COUNT"] == "2"
     assert [d["device"] for d in info["devices"]] == ["cuda:0", "cuda:1"]
     for dev in info["devices"]:

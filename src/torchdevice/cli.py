@@ -362,7 +362,8 @@ def collect_info() -> dict[str, Any]:
             "version": torch.__version__,
             # torchdevice makes torch.backends.cuda.is_built() answer True, so ask the install.
             "build": "cuda" if cuda_build else "cpu",
-            "cuda_version": torch.version.cuda,
+            # The build's CUDA version: the emulated device answers torch.version.cuda = None.
+            "cuda_version": _build_cuda_version(),
         },
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "environment": {
@@ -371,6 +372,18 @@ def collect_info() -> dict[str, Any]:
         },
         "devices": devices,
     }
+
+
+def _build_cuda_version() -> str | None:
+    """``torch.version.cuda`` as the installed torch has it (before torchdevice answered None)."""
+    import torch
+
+    from torchdevice.core.patch import REGISTRY
+
+    for p in REGISTRY:
+        if p.target is torch.version and p.name == "cuda":
+            return p.original
+    return torch.version.cuda
 
 
 def format_info(info: dict[str, Any]) -> str:

@@ -103,6 +103,34 @@ def apply_patches() -> None:
             return []
         return arch_flags().split()
 
+    _answer_as_without_cuda_libraries()
+
+
+def _answer_as_without_cuda_libraries() -> None:
+    """No CUDA toolkit and no cuDNN behind the emulated device, whatever torch build runs it.
+
+    A CUDA build of torch (the default Linux wheel) names its CUDA version in
+    ``torch.version.cuda`` and ships cuDNN (``torch.backends.cudnn.is_available()``). Neither runs
+    the emulated device's kernels: libraries that see a CUDA version load CUDA-compiled
+    extensions (flash-attn, bitsandbytes), and cuDNN's answers would pick cuDNN-only paths. So
+    the emulated device answers as on the CPU build: ``torch.version.cuda`` is None, cuDNN is
+    not available and has no version (its flags stay settable). The native hooks already tell
+    ATen the same (``compiledWithCuDNN()`` false). A CPU build needs nothing here.
+    """
+    if torch.version.cuda is not None:
+        REGISTRY.patch(torch.version, "cuda", None, owner=OWNER)
+    if getattr(torch._C, "_has_cudnn", False):
+        import torch.backends.cudnn as cudnn
+
+        REGISTRY.patch(torch._C, "_has_cudnn", False, owner=OWNER)
+
+        def _init() -> bool:
+            # torch.backends.cudnn.version() asks this; False means "no cuDNN" (version None).
+            return False
+
+        # torch.backends.cudnn is a PropModule over the module whose globals version() reads.
+        REGISTRY.patch(getattr(cudnn, "m", cudnn), "_init", _init, owner=OWNER)
+
 
 def device_index(device: Any) -> int:
     """torch.cuda's device-argument parsing, with None/-1 meaning the current device."""
