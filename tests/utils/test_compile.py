@@ -138,6 +138,8 @@ def test_import_stays_lazy_and_patches_are_registered(run_code):
         print(torch.compile(lambda t: t.cos() + 1)(x).device)
         from torchdevice.core.patch import REGISTRY
         print(sorted({p.qualname for p in REGISTRY if p.owner == "utils.compile"}))
+        from torch.utils._triton import has_triton
+        print(has_triton())
         """
     )
     assert proc.returncode == 0, proc.stderr
@@ -151,9 +153,12 @@ def test_import_stays_lazy_and_patches_are_registered(run_code):
                 "torch._inductor.utils.GPU_TYPES",
                 "torch._inductor.ir.is_cpu",
                 "BaseSchedulerNode.is_cpu",
+                "CudaInterface.is_triton_capable",
             ]
         )
     )
+    # Triton cannot run on the emulated device, installed or not (the CUDA wheel installs it).
+    assert lines[3] == "False"
 
 
 def test_compiled_graphs_inside_a_cuda_graph_capture_replay_correctly():

@@ -11,10 +11,11 @@ routes the ``cuda`` device to that code generation:
   allocator), so compiled graphs take and return ``cuda`` tensors;
 * inductor is told what really runs the kernels wherever it asks: ``cuda`` leaves its list of
   GPU types (``GPU_TYPES``, behind ``is_gpu``: Triton availability, device guards, stream
-  handles), its backend for ``cuda`` is ``cpp`` (``config.cuda_backend``, behind
-  ``get_current_backend``/``is_triton``), and its "is this the host?" predicates (scheduler
-  nodes, IR) answer yes, which keeps GPU-only fusions away from C++ kernels. GPU alignment
-  padding is off: it helps tensor cores, not the host;
+  handles), the emulated device is not Triton-capable (``has_triton()``), its backend for
+  ``cuda`` is ``cpp`` (``config.cuda_backend``, behind ``get_current_backend``/``is_triton``),
+  and its "is this the host?" predicates (scheduler nodes, IR) answer yes, which keeps GPU-only
+  fusions away from C++ kernels. GPU alignment padding is off: it helps tensor cores, not the
+  host;
 * CUDA graphs (``mode="reduce-overhead"``, ``triton.cudagraphs``) are switched off for compiled
   graphs: cudagraph trees drive the CUDA caching allocator's private pools, which the emulated
   device does not have. The compiled graph runs without them (one debug log line), which is what
@@ -262,6 +263,7 @@ def _install_backend() -> None:
             return device is not None and device.type in ("cpu", _TYPE)
 
         REGISTRY.patch(scheduler.BaseSchedulerNode, "is_cpu", scheduler_node_is_cpu, owner=OWNER)
+        _no_triton_on_the_emulated_device()
         # Fill the table with inductor's defaults first, so they cannot replace this entry later.
         common.init_backend_registration()
         common.register_backend_for_device(
@@ -277,6 +279,31 @@ def _install_backend() -> None:
         )
         _backend_installed = True
         logger.debug("torch.compile: inductor compiles emulated cuda graphs with its C++ backend")
+
+
+def _no_triton_on_the_emulated_device() -> None:
+    """Tell inductor that Triton cannot run on the emulated ``cuda`` device.
+
+    ``torch.utils._triton.has_triton()`` asks every device interface whether it is available and
+    Triton-capable; for ``cuda`` that is a capability of 7.0 or more, which the emulated device
+    reports. With a Triton package installed (the CUDA wheel depends on one) inductor then asks
+    Triton's NVIDIA driver for its target while compiling even a C++ graph, which fails without
+    libcuda ("libcuda.so cannot found!"). The emulated device runs no Triton, so it is not
+    Triton-capable; has_triton() is cached, so its cache is cleared. (A CPU build without the
+    Triton package answers False already.)
+    """
+    from torch._dynamo import device_interface
+    from torch.utils import _triton
+
+    cuda_interface = getattr(device_interface, "CudaInterface", None)
+    if cuda_interface is None or "is_triton_capable" not in vars(cuda_interface):
+        return
+
+    def is_triton_capable(device: Any = None) -> bool:
+        return False
+
+    REGISTRY.patch(cuda_interface, "is_triton_capable", staticmethod(is_triton_capable), owner=OWNER)
+    _triton.has_triton.cache_clear()
 
 
 def _codegen_identity() -> Any:
