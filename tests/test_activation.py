@@ -111,7 +111,7 @@ def test_explicit_import_in_the_script_is_harmless(tmp_path, run_python):
     proc = run_python([str(script)], env={"TORCH_DEVICE_BACKEND": "cpu"})
     assert proc.returncode == 0, describe(proc)
     report = last_json(proc.stdout)
-    assert report["device"] == "cuda:0" and report["hooks_route"] == "registry"
+    assert report["device"] == "cuda:0" and report["hooks_route"] == EARLY_HOOKS_ROUTE
 
 
 def test_training_example_runs_quietly_from_the_environment(run_python):
