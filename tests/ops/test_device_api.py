@@ -5,6 +5,7 @@ every public name in ``torch.cuda.__all__``.
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 
 import pytest
@@ -28,6 +29,9 @@ CALLS_WITH_ARGUMENTS = {
     "caching_allocator_delete": lambda f: f(torch.cuda.caching_allocator_alloc(16)),
     "can_device_access_peer": lambda f: f(0, 0),
     "check_error": lambda f: f(0),
+    # Each returns a graph hook (torch 2.14); tests/ops/test_graphs.py uses them on captured graphs.
+    "export_dot": lambda f: f(os.devnull),
+    "export_graph_data": lambda f: f(os.devnull),
     "get_stream_from_external": lambda f: f(0),
     "make_graphed_callables": lambda f: f(lambda x: x * 2, (torch.ones(2, device="cuda"),))(torch.ones(2, device="cuda")),
     "manual_seed": lambda f: f(0),

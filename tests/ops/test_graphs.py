@@ -258,6 +258,81 @@ def test_empty_capture_warns_as_cuda_does():
             pass
 
 
+def test_lifecycle_hooks_fire_where_a_gpu_fires_them():
+    # torch 2.14's CUDAGraph hooks; the emulated graph has them on every torch release.
+    events = []
+    x = torch.ones(3, device=DEVICE)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_capture_start_hook(lambda g: events.append(("capture_start", torch.cuda.is_current_stream_capturing())))
+    graph.register_capture_end_hook(lambda g: events.append(("capture_end", len(g._ops))))
+    graph.register_post_instantiate_hook(lambda g: events.append(("instantiate", g._has_graph_exec)))
+    start = graph.register_replay_start_hook(lambda g: events.append(("replay_start",)))
+    graph.register_replay_end_hook(lambda g: events.append(("replay_end", float(y.sum()))))
+    graph.register_destroy_callback(lambda: events.append(("destroyed",)))
+    graph.retain_object(x)
+    with torch.cuda.graph(graph):
+        y = x * 2
+    assert events == [("capture_start", True), ("capture_end", 1), ("instantiate", True)]
+    x.fill_(5.0)
+    graph.replay()
+    assert events[3:] == [("replay_start",), ("replay_end", 30.0)]
+    start.remove()
+    graph.replay()
+    assert events[5:] == [("replay_end", 30.0)]
+    graph.reset()  # this capture cycle ends: its destroy callbacks fire, once
+    assert events[6:] == [("destroyed",)]
+    del graph
+    assert events[6:] == [("destroyed",)]
+
+
+def test_destroy_callbacks_fire_when_the_graph_is_collected():
+    fired = []
+    graph, _ = _capture(lambda: torch.ones(2, device=DEVICE) + 1)
+    graph.register_destroy_callback(lambda: fired.append(True))
+    del graph
+    assert fired == [True]
+
+
+@pytest.mark.skipif(not hasattr(torch.cuda.graphs, "register_graph_capture_end_hook"), reason="torch < 2.14")
+def test_module_level_graph_hooks_see_every_graph():
+    seen = []
+    handles = [
+        torch.cuda.graphs.register_graph_capture_start_hook(lambda g: seen.append("capture_start")),
+        torch.cuda.graphs.register_graph_capture_end_hook(lambda g: seen.append("capture_end")),
+        torch.cuda.graphs.register_graph_instantiate_hook(lambda g: seen.append("instantiate")),
+        torch.cuda.graphs.register_graph_replay_start_hook(lambda g: seen.append("replay_start")),
+        torch.cuda.graphs.register_graph_replay_end_hook(lambda g: 1 / 0),  # errors are swallowed
+    ]
+    try:
+        graph, _ = _capture(lambda: torch.ones(2, device=DEVICE) + 1)
+        graph.replay()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == ["capture_start", "capture_end", "instantiate", "replay_start"]
+
+
+@pytest.mark.skipif(not hasattr(torch.cuda, "export_dot"), reason="torch < 2.14")
+def test_export_dot_writes_the_captured_ops_and_graph_data_is_not_emulated(tmp_path):
+    x = torch.ones(2, device=DEVICE)
+    graph = torch.cuda.CUDAGraph()  # keep_graph=False: the dump happens in the capture-end hook
+    graph.register_capture_end_hook(torch.cuda.export_dot(str(tmp_path / "graph.dot")))
+    with torch.cuda.graph(graph):
+        (x + 1).exp()
+    dump = (tmp_path / "graph.dot").read_text()
+    assert dump.startswith("digraph") and "aten.add.Tensor" in dump and "float32[2]" in dump
+    with pytest.warns(UserWarning, match="debug not enabled"):  # the template is gone, as on a GPU
+        graph.debug_dump(str(tmp_path / "late.dot"))
+    # get_graph_data lists a cudaGraph_t's nodes by CUPTI tools ids, which an emulated graph lacks.
+    other = torch.cuda.CUDAGraph()
+    other.register_post_instantiate_hook(torch.cuda.export_graph_data(str(tmp_path / "graph.pkl")))
+    with torch.cuda.stream(torch.cuda.Stream()):  # (torch.cuda.graph would leave its stream current)
+        other.capture_begin()
+        x * 2
+        with pytest.raises(RuntimeError, match="CUPTI tools ids"):
+            other.capture_end()  # instantiate runs the hook
+
+
 def test_patches_are_registered_under_ops_graphs():
     from torchdevice.core.patch import REGISTRY
 

@@ -32,7 +32,10 @@ its static tensors alive itself, so freeing an input before replay cannot corrup
 one capture at a time in the process; ``is_current_stream_capturing()`` is True on every thread
 while a capture is underway; ops launched from other Python threads during a capture run eagerly
 and are not recorded (CUDA's ``thread_local`` capture mode). There is no ``cudaGraph_t``:
-``raw_cuda_graph()`` raises, and ``debug_dump`` writes the recorded op list as a DOT graph.
+``raw_cuda_graph()`` and ``get_graph_data()`` raise, and ``debug_dump`` (and the hook of
+``torch.cuda.export_dot``) writes the recorded op list as a DOT graph. The lifecycle hooks of
+torch 2.14 (capture start/end, post-instantiate, replay start/end, destroy callbacks, retained
+objects, and torch's module-level graph hooks) fire where they fire on a GPU.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from typing import Any
+import weakref
+from collections import OrderedDict
+from typing import Any, Callable
 
 import torch
 import torch.cuda
@@ -48,6 +53,7 @@ import torch.cuda.graphs
 from torch.utils import _python_dispatch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.hooks import RemovableHandle
 
 from torchdevice.core.patch import REGISTRY
 
@@ -96,6 +102,11 @@ class CUDAGraph:
     Arguments:
         keep_graph (bool, optional): as on a GPU, ``instantiate()`` is then deferred to the first
             ``replay()`` or an explicit call; the recorded graph is kept either way.
+
+    The lifecycle hooks of torch 2.14 (``register_capture_start_hook``, ``..._capture_end_hook``,
+    ``register_post_instantiate_hook``, ``register_replay_start_hook``/``..._end_hook``,
+    ``register_destroy_callback``, ``retain_object``, and the module-level
+    ``torch.cuda.graphs.register_graph_*_hook``) fire at the same points as on a GPU.
     """
 
     def __init__(self, keep_graph: bool = False) -> None:
@@ -103,9 +114,19 @@ class CUDAGraph:
         self._ops: list[_RecordedOp] = []
         self._capture_ended = False
         self._instantiated = False
+        self._template_live = False  # between capture_end_pre and capture_end_post
         self._recorder: _Recorder | None = None
         self._pool: tuple[int, int] | None = None
         self._device: int | None = None
+        # OrderedDicts: RemovableHandle weak-references the mapping it removes from.
+        self._capture_start_hooks: OrderedDict[int, Callable[[CUDAGraph], None]] = OrderedDict()
+        self._capture_end_hooks: OrderedDict[int, Callable[[CUDAGraph], None]] = OrderedDict()
+        self._post_instantiate_hooks: OrderedDict[int, Callable[[CUDAGraph], None]] = OrderedDict()
+        self._replay_start_hooks: OrderedDict[int, Callable[[CUDAGraph], None]] = OrderedDict()
+        self._replay_end_hooks: OrderedDict[int, Callable[[CUDAGraph], None]] = OrderedDict()
+        self._retained = _Retained()
+        self._retained_finalizer: weakref.finalize | None = None
+        self._arm_retained()
 
     def capture_begin(
         self, pool: tuple[int, int] | None = None, capture_error_mode: str = "global", check_input_liveness: bool = False
@@ -141,9 +162,24 @@ class CUDAGraph:
         self._device = stream.device_index
         self._recorder = _Recorder(stream)
         self._recorder.__enter__()
+        # Capture is live: what a hook launches on the device is captured. Global hooks first.
+        _run_global_hooks("_global_capture_start_hooks", self)
+        for hook in list(self._capture_start_hooks.values()):
+            hook(self)
 
     def capture_end(self) -> None:
         r"""End CUDA graph capture on the current stream (use ``torch.cuda.graph`` instead)."""
+        self.capture_end_pre()
+        # The captured graph is complete and its template live: capture-end hooks see it.
+        _run_global_hooks("_global_capture_end_hooks", self)
+        for hook in list(self._capture_end_hooks.values()):
+            hook(self)
+        if not self._keep_graph:
+            self.instantiate()
+        self.capture_end_post()
+
+    def capture_end_pre(self) -> None:
+        r"""End capture without finalizing: the captured graph can be inspected before ``capture_end_post``."""
         global _capturing
         recorder = self._recorder
         if recorder is None:
@@ -164,8 +200,17 @@ class CUDAGraph:
                 stacklevel=2,
             )
         self._capture_ended = True
-        if not self._keep_graph:
-            self.instantiate()
+        self._template_live = True
+
+    def capture_end_post(self) -> None:
+        r"""Finalize a capture ended by ``capture_end_pre`` (with ``keep_graph=False`` the graph must be instantiated)."""
+        if not self._capture_ended:
+            raise RuntimeError("capture_end_post() called before capture_end_pre().")
+        if not self._keep_graph and not self._instantiated:
+            raise RuntimeError("capture_end_post() with keep_graph=False requires the graph to be instantiated")
+        # A GPU destroys the cudaGraph_t template here (keep_graph=False); the recorded ops are
+        # the instantiated graph too, so they stay.
+        self._template_live = self._keep_graph
 
     def instantiate(self) -> None:
         r"""Instantiate the graph (done by ``capture_end``, or by ``replay`` with ``keep_graph=True``)."""
@@ -174,6 +219,13 @@ class CUDAGraph:
         if self._instantiated and not self._keep_graph:
             raise RuntimeError("instantiate() is intended to be called by the user only when keep_graph=true")
         self._instantiated = True
+        _run_global_hooks("_global_instantiate_hooks", self)
+        for hook in list(self._post_instantiate_hooks.values()):
+            hook(self)
+
+    @property
+    def _has_graph_exec(self) -> bool:
+        return self._instantiated
 
     def replay(self) -> None:
         r"""Replay the CUDA work captured by this graph."""
@@ -181,11 +233,20 @@ class CUDAGraph:
             raise RuntimeError("Called CUDAGraph::replay without a preceding successful capture.")
         if not self._instantiated:
             self.instantiate()
-        # The recorded ops are below autograd and after autocast: run them as recorded, without
-        # building autograd graphs, bumping version counters or casting again.
-        with torch.cuda.device(self._device), torch._C._AutoDispatchBelowADInplaceOrView(), _autocast_off():
-            for op in self._ops:
-                op.run()
+        _run_global_hooks("_global_replay_start_hooks", self)
+        for hook in list(self._replay_start_hooks.values()):
+            hook(self)
+        try:
+            # The recorded ops are below autograd and after autocast: run them as recorded,
+            # without building autograd graphs, bumping version counters or casting again.
+            with torch.cuda.device(self._device), torch._C._AutoDispatchBelowADInplaceOrView(), _autocast_off():
+                for op in self._ops:
+                    op.run()
+        finally:
+            # As on a GPU, end hooks fire even when the launch raised.
+            _run_global_hooks("_global_replay_end_hooks", self)
+            for hook in list(self._replay_end_hooks.values()):
+                hook(self)
 
     def reset(self) -> None:
         r"""Delete the graph currently held by this instance."""
@@ -196,9 +257,16 @@ class CUDAGraph:
             with _capture_lock:
                 if _capturing is self:
                     _capturing = None
+        # The graph may be captured again: this cycle's destroy callbacks fire now, and a fresh
+        # holder is armed for the next one.
+        self._retained.fire()
+        if self._retained_finalizer is not None:
+            self._retained_finalizer.detach()
+        self._arm_retained()
         self._ops = []
         self._capture_ended = False
         self._instantiated = False
+        self._template_live = False
 
     def pool(self) -> tuple[int, int]:
         r"""An opaque token for this graph's memory pool, which another capture may share."""
@@ -207,26 +275,90 @@ class CUDAGraph:
         assert self._pool is not None
         return self._pool
 
+    def pools(self) -> list[tuple[int, int]]:
+        r"""Tokens of the memory pools this graph retains: its own."""
+        return [self._pool] if self._capture_ended and self._pool is not None else []
+
     def register_generator_state(self, state: Any) -> None:
         r"""Accepted for compatibility: random ops draw from their generator at each replay."""
+
+    # --- lifecycle hooks (torch 2.14) -----------------------------------------------------
+
+    def register_capture_start_hook(self, hook: Callable[[CUDAGraph], None]) -> RemovableHandle:
+        r"""Run ``hook(graph)`` when capture begins (inside the capture: device work it launches is captured)."""
+        return _add_hook(self._capture_start_hooks, hook)
+
+    def register_capture_end_hook(self, hook: Callable[[CUDAGraph], None]) -> RemovableHandle:
+        r"""Run ``hook(graph)`` when capture ends, before the graph is finalized (``debug_dump`` works then)."""
+        return _add_hook(self._capture_end_hooks, hook)
+
+    def register_post_instantiate_hook(self, hook: Callable[[CUDAGraph], None]) -> RemovableHandle:
+        r"""Run ``hook(graph)`` after each instantiation."""
+        return _add_hook(self._post_instantiate_hooks, hook)
+
+    def register_replay_start_hook(self, hook: Callable[[CUDAGraph], None]) -> RemovableHandle:
+        r"""Run ``hook(graph)`` at the start of every replay."""
+        return _add_hook(self._replay_start_hooks, hook)
+
+    def register_replay_end_hook(self, hook: Callable[[CUDAGraph], None]) -> RemovableHandle:
+        r"""Run ``hook(graph)`` at the end of every replay (also when the replay raised)."""
+        return _add_hook(self._replay_end_hooks, hook)
+
+    def register_destroy_callback(
+        self, cb: Callable[[], None], *, synchronize_before_release: bool = False
+    ) -> RemovableHandle:
+        r"""Run ``cb()`` when this graph is destroyed or ``reset()``; ``cb`` must not reference the graph.
+
+        ``synchronize_before_release`` needs no action: replays run synchronously, so none is
+        in flight when the callback runs.
+        """
+        return _add_hook(self._retained.callbacks, cb)
+
+    def retain_object(self, obj: object, *, synchronize_before_release: bool = False) -> RemovableHandle:
+        r"""Keep ``obj`` alive until this graph is destroyed or ``reset()``; ``obj`` must not reference the graph."""
+        return _add_hook(self._retained.objects, obj)
+
+    def _arm_retained(self) -> None:
+        # The finalizer is bound to the holder, not to the graph, so it never keeps it alive.
+        self._retained = _Retained()
+        self._retained_finalizer = weakref.finalize(self, self._retained.fire)
+        active = getattr(torch.cuda.graphs, "_graph_destroy_hooks_active", None)
+        run_destroy_hooks = getattr(torch.cuda.graphs, "_run_graph_destroy_hooks", None)
+        if active is not None and run_destroy_hooks is not None and active():
+            # Consumers key per-graph state by exec graph ids (CUPTI tools ids), which an
+            # emulated graph does not have: they are told of its destruction with none.
+            self.register_destroy_callback(lambda: run_destroy_hooks(set()))
+
+    # --- inspection -----------------------------------------------------------------------
 
     def enable_debug_mode(self) -> None:
         r"""Enable debugging mode for ``CUDAGraph.debug_dump``."""
         global _debug_mode
         _debug_mode = True
 
-    def debug_dump(self, debug_path: str) -> None:
-        r"""Write the captured ops, in replay order, to ``debug_path`` as a DOT graph."""
-        if not (_debug_mode or self._keep_graph):
+    def debug_dump(self, debug_path: str, *, verbose: bool = True) -> None:
+        r"""Write the captured ops, in replay order, to ``debug_path`` as a DOT graph.
+
+        As on a GPU, the captured graph must be kept (``keep_graph=True`` or debug mode) or the
+        call made from a capture-end hook (``torch.cuda.export_dot``). ``verbose`` adds each
+        op's argument shapes.
+        """
+        if not (_debug_mode or self._keep_graph or self._template_live):
             warnings.warn("CUDA Graphs debug not enabled, set with [graph].enable_debug_mode()", stacklevel=2)
             return
+        self._write_dot(debug_path, verbose=verbose)
+
+    def _write_dot(self, path: str, *, verbose: bool = True) -> None:
         lines = ["digraph cuda_graph {"]
         for i, op in enumerate(self._ops):
-            lines.append(f'  n{i} [label="{i}: {op.name}"];')
+            label = f"{i}: {op.name}"
+            if verbose:
+                label += "\\n" + op.describe_arguments()
+            lines.append(f'  n{i} [label="{label}"];')
             if i:
                 lines.append(f"  n{i - 1} -> n{i};")
         lines.append("}")
-        with open(debug_path, "w", encoding="utf-8") as f:
+        with open(path, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 
     def raw_cuda_graph(self) -> int:
@@ -238,8 +370,56 @@ class CUDAGraph:
         raise RuntimeError("torchdevice: an emulated CUDA graph has no cudaGraphExec_t (it records host calls)")
 
     def get_graph_data(self) -> dict:
-        r"""Not available: it describes a ``cudaGraph_t`` through ``cuda.bindings``."""
-        raise RuntimeError("get_graph_data requires the cuda.bindings package")
+        r"""Not available: it describes a ``cudaGraph_t``'s nodes by their CUPTI tools ids.
+
+        The emulated graph has neither; ``debug_dump`` (or ``torch.cuda.export_dot``) lists its ops.
+        """
+        raise RuntimeError(
+            "torchdevice: get_graph_data describes a cudaGraph_t by CUPTI tools ids, which an emulated "
+            "CUDA graph does not have (it records host calls; debug_dump or torch.cuda.export_dot lists them)"
+        )
+
+
+class _Retained:
+    """Destroy callbacks and retained objects of one capture cycle (``torch.cuda.graphs._RetainedCallbacks``)."""
+
+    def __init__(self) -> None:
+        self.callbacks: OrderedDict[int, Callable[[], None]] = OrderedDict()
+        self.objects: OrderedDict[int, object] = OrderedDict()
+        self._fired = False
+
+    def fire(self) -> None:
+        if self._fired:
+            return
+        self._fired = True
+        for cb in list(self.callbacks.values()):
+            try:
+                cb()
+            except Exception:
+                pass  # finalizer semantics, as torch's: one failure does not stop the rest
+        self.callbacks.clear()
+        self.objects.clear()
+
+
+def _add_hook(registry: OrderedDict, value: Any) -> RemovableHandle:
+    handle = RemovableHandle(registry)
+    registry[handle.id] = value
+    return handle
+
+
+def _run_global_hooks(name: str, graph: CUDAGraph) -> None:
+    """Torch's module-level graph hooks (``torch.cuda.graphs.register_graph_*_hook``, torch >= 2.14).
+
+    Errors are swallowed, as torch does, so one consumer cannot break another's graph.
+    """
+    registry = getattr(torch.cuda.graphs, name, None)
+    if not registry:
+        return
+    for fn in list(registry.values()):
+        try:
+            fn(graph)
+        except Exception:
+            pass
 
 
 def _autocast_off() -> Any:
@@ -264,6 +444,14 @@ class _RecordedOp:
         self.kwargs = kwargs
         self.statics = statics  # (position among the result's tensor leaves, static tensor)
         self.name = name or str(func)
+
+    def describe_arguments(self) -> str:
+        """The op's tensor arguments as ``dtype[shape]``, for debug dumps."""
+        parts = []
+        for value in pytree.tree_leaves((self.args, self.kwargs)):
+            if isinstance(value, torch.Tensor):
+                parts.append(f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}")
+        return ", ".join(parts)
 
     def run(self) -> None:
         result = self.func(*self.args, **self.kwargs)
@@ -462,6 +650,15 @@ def apply_patches() -> None:
     REGISTRY.patch(C, "_CUDAGraph", CUDAGraph, owner=OWNER)
     for module in (torch.cuda, graphs):
         REGISTRY.patch(module, "CUDAGraph", CUDAGraph, owner=OWNER)
+
+    # torch >= 2.14: torch.cuda.export_dot's hook (and CUDAGraph.debug_dump) dump a graph with
+    # this function, through cuda.bindings; an emulated graph writes its recorded ops.
+    if hasattr(graphs, "_dump_graph_dot"):
+
+        def _dump_graph_dot(cuda_graph: CUDAGraph, path: str, *, verbose: bool = True) -> None:
+            cuda_graph._write_dot(path, verbose=verbose)
+
+        REGISTRY.patch(graphs, "_dump_graph_dot", _dump_graph_dot, owner=OWNER)
 
     # torch.cuda.graph() empties the pinned host allocator's cache before capturing. The
     # emulated pinned memory keeps no cache (host memory is returned when freed).
