@@ -95,6 +95,22 @@ def test_mps_writes_nothing_to_cuda():
     assert _run("import torch; print(torch.cuda.is_available(), torch.ones(1, device='mps').device)") == "False mps:0"
 
 
+def test_mps_is_the_only_accelerator_as_on_a_mac():
+    # One accelerator type per process: with mps emulated, CUDA is off for ATen (the native core
+    # switches the CUDA hooks off; a CUDA build's real hooks would say "Cannot have both MPS and
+    # cuda") and for torch.cuda, on a CPU build and on the CUDA wheel alike.
+    code = textwrap.dedent(
+        """
+        import torch
+        x = torch.ones(3, device="mps", requires_grad=True)
+        (x * 2).sum().backward()  # autograd asks for the accelerator
+        print(torch.accelerator.current_accelerator(), torch.accelerator.device_count(), x.grad.device,
+              torch.cuda.is_available(), torch.cuda.device_count(), torch._C._get_accelerator())
+        """
+    )
+    assert _run(code) == "mps 1 mps:0 False 0 mps"
+
+
 def test_invalid_emulation_is_a_clear_error():
     env = {**os.environ, "TORCHDEVICE_EMULATE": "xpu"}
     out = subprocess.run([sys.executable, "-c", "import torchdevice"], capture_output=True, text=True, env=env)
