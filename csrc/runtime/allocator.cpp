@@ -58,18 +58,10 @@ size_t default_total_memory() {
   return pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * page_size : size_t(16) << 30;
 }
 
-void update_stats(c10::CachingDeviceAllocator::DeviceStats& s, size_t nbytes, bool alloc) {
+// The pools a block of `nbytes` is counted in: the aggregate and CUDA's small or large pool.
+std::array<size_t, 2> pools_of(size_t nbytes) {
   const auto pool = nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL;
-  for (auto type : {StatType::AGGREGATE, pool}) {
-    const auto i = static_cast<size_t>(type);
-    for (auto* stat : {&s.allocation[i], &s.segment[i], &s.active[i]}) {
-      alloc ? stat->increase(1) : stat->decrease(1);
-    }
-    for (auto* stat : {&s.allocated_bytes[i], &s.reserved_bytes[i], &s.active_bytes[i], &s.requested_bytes[i]}) {
-      alloc ? stat->increase(nbytes) : stat->decrease(nbytes);
-    }
-  }
-  alloc ? ++s.num_device_alloc : ++s.num_device_free;
+  return {static_cast<size_t>(StatType::AGGREGATE), static_cast<size_t>(pool)};
 }
 
 } // namespace
@@ -86,9 +78,9 @@ void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
   const double limit = d.fraction * static_cast<double>(total_memory_);  // may be +inf (no limit)
-  const auto in_use = d.stats.allocated_bytes[0].current;
+  const auto in_use = d.bytes[0].current;
   if (C10_UNLIKELY(static_cast<double>(in_use + static_cast<int64_t>(nbytes)) > limit)) {
-    ++d.stats.num_ooms;
+    ++d.num_ooms;
     const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
     // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
     TORCH_CHECK_WITH(OutOfMemoryError, false,
@@ -99,13 +91,21 @@ void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
         " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
         " (torchdevice: the per-process memory fraction is ", d.fraction, ")");
   }
-  update_stats(d.stats, nbytes, /*alloc=*/true);
+  for (size_t pool : pools_of(nbytes)) {
+    d.blocks[pool].increase(1);
+    d.bytes[pool].increase(nbytes);
+  }
+  ++d.num_device_alloc;
 }
 
 void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  update_stats(d.stats, nbytes, /*alloc=*/false);
+  for (size_t pool : pools_of(nbytes)) {
+    d.blocks[pool].decrease(1);
+    d.bytes[pool].decrease(nbytes);
+  }
+  ++d.num_device_free;
 }
 
 c10::DataPtr EmulatedAllocator::allocate(size_t nbytes) {
@@ -149,37 +149,38 @@ c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c
 c10::CachingDeviceAllocator::DeviceStats EmulatedAllocator::getDeviceStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  return d.stats;
+  c10::CachingDeviceAllocator::DeviceStats s;
+  s.allocation = s.segment = s.active = d.blocks;
+  s.allocated_bytes = s.reserved_bytes = s.active_bytes = s.requested_bytes = d.bytes;
+  s.num_device_alloc = d.num_device_alloc;
+  s.num_device_free = d.num_device_free;
+  s.num_ooms = d.num_ooms;
+  return s;
 }
 
 void EmulatedAllocator::resetAccumulatedStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  auto& s = d.stats;
-  for (auto* arr : {&s.allocation, &s.segment, &s.active, &s.inactive_split, &s.allocated_bytes,
-                    &s.reserved_bytes, &s.active_bytes, &s.inactive_split_bytes, &s.requested_bytes}) {
-    for (auto& stat : *arr) stat.reset_accumulated();
+  for (auto* stats : {&d.blocks, &d.bytes}) {
+    for (auto& stat : *stats) stat.reset_accumulated();
   }
-  s.num_alloc_retries = 0;
-  s.num_ooms = 0;
-  s.num_device_alloc = 0;
-  s.num_device_free = 0;
+  d.num_ooms = 0;
+  d.num_device_alloc = 0;
+  d.num_device_free = 0;
 }
 
 void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  auto& s = d.stats;
-  for (auto* arr : {&s.allocation, &s.segment, &s.active, &s.inactive_split, &s.allocated_bytes,
-                    &s.reserved_bytes, &s.active_bytes, &s.inactive_split_bytes, &s.requested_bytes}) {
-    for (auto& stat : *arr) stat.reset_peak();
+  for (auto* stats : {&d.blocks, &d.bytes}) {
+    for (auto& stat : *stats) stat.reset_peak();
   }
 }
 
 std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<std::mutex> lock(d.mutex);
-  const auto used = static_cast<size_t>(d.stats.reserved_bytes[0].current);
+  const auto used = static_cast<size_t>(d.bytes[0].current);
   return {total_memory_ - std::min(total_memory_, used), total_memory_};
 }
 

@@ -45,9 +45,16 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   void record_free(c10::DeviceIndex device, size_t nbytes);
 
  private:
+  // Nothing is cached, so every block is one allocation, one segment and one active block,
+  // and its allocated, reserved, active and requested bytes are equal: one count and one byte
+  // figure per pool (aggregate, small, large) carry all of CUDA's stat families.
   struct PerDevice {
     std::mutex mutex;
-    c10::CachingDeviceAllocator::DeviceStats stats;
+    c10::CachingAllocator::StatArray blocks;
+    c10::CachingAllocator::StatArray bytes;
+    int64_t num_device_alloc = 0;
+    int64_t num_device_free = 0;
+    int64_t num_ooms = 0;
     double fraction = 1.0;
   };
   PerDevice& device_state(c10::DeviceIndex device);
