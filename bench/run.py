@@ -62,7 +62,8 @@ def tiny_add(repeats):
 
 @workload("b", "torch.zeros(16, device=...)")
 def factory(repeats):
-    return interleaved(lambda: torch.zeros(16), lambda: torch.zeros(16, device="cuda"), 20000, repeats)
+    # Both sides name their device: parsing device= costs the same ~0.4 us either way.
+    return interleaved(lambda: torch.zeros(16, device="cpu"), lambda: torch.zeros(16, device="cuda"), 20000, repeats)
 
 
 @workload("c", "torch.mm 64x64")

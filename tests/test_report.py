@@ -69,11 +69,13 @@ def test_report_census(tmp_path, run_cli):
     assert census["mechanism"].startswith("TorchDispatchMode")
     ops = census["ops"]
     assert ops["device_type"] == "cuda"
-    assert ops["routes"]["fallback"] > 0  # add, addmm, ... through the boxed CPU fallback
+    assert ops["routes"]["fallback"] > 0  # atan2 through the boxed CPU fallback
+    assert ops["routes"]["fast_path"] > 0  # add, addmm, view: unboxed fast paths
     assert ops["routes"]["kernel"] > 0  # _to_copy/empty: torchdevice's own kernels
     assert ops["on_device"] == sum(ops["routes"].values())
     per_op = {o["op"]: o for o in ops["per_op"]}
-    assert per_op["aten::addmm"]["route"] == "fallback"
+    assert per_op["aten::addmm"]["route"] == "fast_path"
+    assert per_op["aten::atan2"]["route"] == "fallback"
     assert per_op["aten::_to_copy"]["route"] == "kernel"
     memory = census["memory"]["cuda:0"]
     assert memory["allocations"] > 0 and memory["peak_bytes"] > 0

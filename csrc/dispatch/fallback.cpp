@@ -1,5 +1,6 @@
 #include "dispatch/fallback.h"
 
+#include "dispatch/device_check.h"
 #include "dispatch/standin.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
@@ -24,12 +25,6 @@ bool accepts_cpu_tensors(const c10::OperatorHandle& op) {
     if (name == allowed) return true;
   }
   return false;
-}
-
-[[noreturn]] void throw_device_mismatch(c10::Device a, c10::Device b) {
-  // TensorIterator's wording, which is what most CUDA ops raise for mixed devices.
-  TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two devices, ", a,
-              " and ", b, "!");
 }
 
 bool is_optional_generator(const c10::Argument& arg) {
@@ -95,10 +90,10 @@ class CallState {
   // emulated tensors, else the current device.
   c10::Device device() const {
     if (explicit_device_) return *explicit_device_;
-    if (tensor_device_) return *tensor_device_;
+    if (devices_.device()) return *devices_.device();
     return c10::Device(kType, current_device(kType));
   }
-  bool has_emulated_input() const { return tensor_device_.has_value() || explicit_device_.has_value(); }
+  bool has_emulated_input() const { return devices_.device().has_value() || explicit_device_.has_value(); }
   // A Generator argument was passed (None ones are handled with the seeded-random tag).
   bool has_generator_argument() const { return has_generator_; }
   bool outputs_stay_on_host() const { return explicit_non_emulated_device_ && !explicit_device_; }
@@ -120,18 +115,7 @@ class CallState {
 
  private:
   at::Tensor lower_tensor(const at::Tensor& t) {
-    const c10::Device d = t.device();
-    if (d.type() == kType) {
-      if (!tensor_device_) {
-        // TensorIterator names the common (device) side first, whatever the argument order.
-        if (first_device_ && *first_device_ != d) throw_device_mismatch(d, *first_device_);
-        tensor_device_ = d;
-        first_device_ = d;
-      } else if (*tensor_device_ != d) {
-        throw_device_mismatch(*tensor_device_, d);
-      }
-      return standins.make(t);
-    }
+    if (devices_.note(t, [this] { return accepts_cpu_tensors(op_); })) return standins.make(t);
     note_cpu(t);
     return t;
   }
@@ -139,16 +123,12 @@ class CallState {
   void note_cpu(const at::Tensor& t) {
     if (!t.defined() || t.device().type() != c10::DeviceType::CPU) return;
     host_inputs_.push_back(t);
-    // CPU scalars (0-dim) mix with device tensors everywhere, as TensorIterator allows.
-    if (t.dim() == 0 || accepts_cpu_tensors(op_)) return;
-    if (tensor_device_) throw_device_mismatch(*tensor_device_, t.device());
-    if (!first_device_) first_device_ = t.device();
+    devices_.note(t, [this] { return accepts_cpu_tensors(op_); });
   }
 
   const c10::OperatorHandle& op_;
-  std::optional<c10::Device> tensor_device_;
+  DeviceCheck<kType> devices_;
   std::optional<c10::Device> explicit_device_;
-  std::optional<c10::Device> first_device_;
   bool explicit_non_emulated_device_ = false;
   bool has_generator_ = false;
   // Strong references, so that addresses cannot be reused by outputs (see StandIns).

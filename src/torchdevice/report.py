@@ -57,7 +57,8 @@ CENSUS_MECHANISM = (
 )
 ROUTES = {
     "fallback": "CPU kernel through torchdevice's boxed fallback",
-    "kernel": "torchdevice's own unboxed kernel (fast path)",
+    "fast_path": "CPU kernel through an unboxed fast path (hot ops)",
+    "kernel": "torchdevice's own kernel (factories, copies, resizing)",
     "host_route": "CUDA-only composite routed to its CPU form",
     "composite": "composite kernel, no device kernel of its own",
     "cuda_only": "no CPU kernel: CUDA-only operator",
@@ -585,6 +586,8 @@ def _make_census(report: Report):
                 has_composite = True
         if device_line is not None and "host_routes" in device_line:
             return "host_route"
+        if device_line is not None and "fast_paths" in device_line:
+            return "fast_path"
         if not has_cpu and not has_composite:
             return "cuda_only"
         if device_line is None:

@@ -1,0 +1,53 @@
+// Which device an emulated op runs on, and the mixed-device error a GPU raises.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace torchdevice::dispatch {
+
+[[noreturn]] inline void throw_device_mismatch(c10::Device a, c10::Device b) {
+  // TensorIterator's wording, which is what most CUDA ops raise for mixed devices.
+  TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two devices, ", a,
+              " and ", b, "!");
+}
+
+// Fed every tensor argument in order. Emulated tensors must share one device; CPU tensors may
+// join them only as 0-dim scalars (as TensorIterator allows) or where the op accepts them.
+template <c10::DeviceType kType>
+class DeviceCheck {
+ public:
+  // Returns true for a tensor of the emulated type (the caller makes its stand-in).
+  // `accepts_cpu_tensors()` is asked only about non-scalar CPU tensors.
+  template <class AcceptsCpuTensors>
+  bool note(const at::Tensor& t, AcceptsCpuTensors&& accepts_cpu_tensors) {
+    const c10::Device d = t.device();
+    if (d.type() == kType) {
+      if (!device_) {
+        // TensorIterator names the common (device) side first, whatever the argument order.
+        if (first_ && *first_ != d) throw_device_mismatch(d, *first_);
+        device_ = d;
+        first_ = d;
+      } else if (*device_ != d) {
+        throw_device_mismatch(*device_, d);
+      }
+      return true;
+    }
+    if (d.type() == c10::DeviceType::CPU && t.dim() != 0 && !accepts_cpu_tensors()) {
+      if (device_) throw_device_mismatch(*device_, d);
+      if (!first_) first_ = d;
+    }
+    return false;
+  }
+
+  // The device of the emulated tensors seen, if any.
+  const std::optional<c10::Device>& device() const { return device_; }
+
+ private:
+  std::optional<c10::Device> device_;
+  std::optional<c10::Device> first_;
+};
+
+} // namespace torchdevice::dispatch

@@ -1,0 +1,89 @@
+"""Unboxed fast paths for hot ops (csrc/dispatch/fast_paths.cpp): same semantics as the fallback."""
+
+import pytest
+import torch
+
+FAST = ["aten::add.Tensor", "aten::mul_.Tensor", "aten::addmm", "aten::zero_", "aten::view", "aten::_foreach_add_.List"]
+BOXED = ["aten::atan2", "aten::index.Tensor", "aten::bernoulli_.float"]
+
+
+def has_typed_cuda_kernel(op: str) -> bool:
+    """The dispatcher prints a kernel's C++ signature, or "(none)" for a boxed-only kernel."""
+    lines = [line for line in torch._C._dispatch_dump(op).splitlines() if line.startswith("CUDA:")]
+    assert len(lines) == 1, lines
+    return ":: (none)" not in lines[0]
+
+
+@pytest.mark.parametrize("op", FAST)
+def test_hot_ops_have_unboxed_kernels(op):
+    assert has_typed_cuda_kernel(op)
+
+
+@pytest.mark.parametrize("op", BOXED)
+def test_other_ops_use_the_boxed_fallback(op):
+    assert not has_typed_cuda_kernel(op)
+
+
+def test_results_equal_cpu_bit_for_bit():
+    torch.manual_seed(0)
+    a, b, bias = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4)
+    expected = [torch.addmm(bias, a, b), (a * 3 - a.exp()).sum(1), torch.relu(a).mean(0), a.t().contiguous()]
+    ac, bc, biasc = a.cuda(), b.cuda(), bias.cuda()
+    got = [torch.addmm(biasc, ac, bc), (ac * 3 - ac.exp()).sum(1), torch.relu(ac).mean(0), ac.t().contiguous()]
+    for g, e in zip(got, expected):
+        assert g.is_cuda and g.dtype == e.dtype and g.stride() == e.stride()
+        assert torch.equal(g.cpu(), e)
+
+
+def test_inplace_returns_the_argument_and_bumps_its_version():
+    x = torch.zeros(3, device="cuda")
+    version = x._version
+    assert x.zero_() is x and x.mul_(2) is x
+    assert x._version == version + 2
+
+
+def test_views_share_storage_and_version_counter():
+    x = torch.zeros(4, 4, device="cuda")
+    v = x.view(16)
+    t = x.t()
+    assert v.is_cuda and v.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    assert t._base is x and t.stride() == (1, 4)
+    v.add_(1)
+    assert x._version == v._version == 1
+    assert torch.equal(x.cpu(), torch.ones(4, 4))
+
+
+def test_out_argument_resized_on_the_device():
+    out = torch.empty(0, device="cuda")
+    result = torch.add(torch.ones(5, device="cuda"), 1, out=out)
+    assert result is out and out.shape == (5,) and out.is_cuda
+    assert out.untyped_storage().device.type == "cuda"
+
+
+def test_mixed_devices_raise_the_fallbacks_error():
+    x = torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match=r"Expected all tensors to be on the same device, but found at least two "
+                                           r"devices, cuda:0 and cpu!"):
+        x + torch.ones(3)
+    with pytest.raises(RuntimeError, match=r"cuda:0 and cpu!"):
+        torch.ones(3) + x  # the device side is named first, as TensorIterator does
+    assert torch.equal((x + torch.tensor(2.0)).cpu(), torch.full((3,), 3.0))  # 0-dim CPU scalars mix
+
+
+def test_foreach_inplace_updates_every_tensor():
+    xs = [torch.ones(3, device="cuda"), torch.ones(2, 2, device="cuda")]
+    ys = [torch.full((3,), 2.0, device="cuda"), torch.full((2, 2), 3.0, device="cuda")]
+    torch._foreach_add_(xs, ys)
+    assert [x.cpu().tolist() for x in xs] == [[3.0] * 3, [[4.0, 4.0], [4.0, 4.0]]]
+    roots = torch._foreach_sqrt(xs)
+    assert all(r.is_cuda for r in roots)
+
+
+def test_outputs_are_counted_and_released():
+    x = torch.randn(256, device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    y = x * 2
+    assert torch.cuda.memory_allocated() == before + y.untyped_storage().nbytes()
+    del y
+    assert torch.cuda.memory_allocated() == before
