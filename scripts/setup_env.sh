@@ -14,13 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-python3}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-if [[ "$TORCH_VERSION" == "2.13.0" ]]; then
-  VENV=".venv"
-  INTEGRATION="${INTEGRATION:-1}"
-else
-  VENV=".venv-torch-$TORCH_VERSION"
-  INTEGRATION="${INTEGRATION:-0}"
-fi
+if [[ "$TORCH_VERSION" == "2.13.0" ]]; then VENV=".venv"; else VENV=".venv-torch-$TORCH_VERSION"; fi
+INTEGRATION="${INTEGRATION:-1}"
 BUILD_DIR="build/torch-$TORCH_VERSION"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
