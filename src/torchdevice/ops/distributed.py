@@ -459,23 +459,6 @@ def _when_imported(name: str, patch: Callable[[Any], None]) -> None:
         sys.meta_path.insert(0, _PatchOnImport(name, patch))
 
 
-# --- DistributedDataParallel ----------------------------------------------------------------
-
-def _wrap_ddp_logger(original: Callable) -> Callable:
-    @functools.wraps(original)
-    def set_runtime_stats_and_log(self: Any) -> None:
-        try:
-            original(self)
-        except RuntimeError as e:
-            # DDP times forward/backward with the Timer its reducer registered for the device
-            # type; torch's CPU build registers none for cuda, and the logger asserts on the
-            # missing timer at its sampling iterations. Only the timing statistics are lost.
-            if "reducer_->timer_" not in str(e):
-                raise
-
-    return set_runtime_stats_and_log
-
-
 def apply_patches() -> None:
     if not dist.is_available():
         return
@@ -512,10 +495,3 @@ def apply_patches() -> None:
 
     _when_imported("torch.distributed._functional_collectives", _patch_functional_collectives)
 
-    logger_class = torch._C._distributed_c10d.Logger
-    REGISTRY.patch(
-        logger_class,
-        "set_runtime_stats_and_log",
-        _wrap_ddp_logger(logger_class.set_runtime_stats_and_log),
-        owner=OWNER,
-    )
