@@ -115,7 +115,7 @@ class CallState {
 
  private:
   at::Tensor lower_tensor(const at::Tensor& t) {
-    if (devices_.note(t, [this] { return accepts_cpu_tensors(op_); })) return standins.make(t);
+    if (devices_.note(t, [this] { return accepts_cpu_tensors(op_); })) return standins.make_owned(t);
     note_cpu(t);
     return t;
   }

@@ -10,13 +10,40 @@
 namespace torchdevice::dispatch {
 namespace {
 
-void release_original(void* keep_alive) {
-  delete static_cast<c10::Storage*>(keep_alive);
+// The stand-in storage's DataPtr context is the original StorageImpl, with one reference
+// taken for it: no allocation beyond the stand-in itself.
+void release_original(void* original) {
+  c10::raw::intrusive_ptr::decref(static_cast<c10::StorageImpl*>(original));
+}
+
+c10::DataPtr view_of(c10::StorageImpl* original) {
+  // Keeps the original storage alive: a kernel may hand the stand-in to work that outlives the
+  // call (asynchronous c10d collectives).
+  c10::raw::intrusive_ptr::incref(original);
+  return c10::DataPtr(const_cast<void*>(original->data_ptr().get()), original, &release_original,
+                      c10::Device(c10::DeviceType::CPU));
+}
+
+c10::Storage standin_storage(c10::StorageImpl* original) {
+  // The CPU allocator is what a CPU kernel's resize uses to grow it; sync_back() then moves the
+  // new buffer into the original storage.
+  return c10::Storage(c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), original->nbytes(),
+                                                            view_of(original), c10::GetCPUAllocator(),
+                                                            original->resizable()));
 }
 
 } // namespace
 
 at::Tensor StandIns::make(const at::Tensor& t) {
+  return add(&t, at::Tensor());
+}
+
+at::Tensor StandIns::make_owned(at::Tensor t) {
+  return add(nullptr, std::move(t));
+}
+
+at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
+  const at::Tensor& t = borrowed ? *borrowed : owned;
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
 
@@ -28,16 +55,7 @@ at::Tensor StandIns::make(const at::Tensor& t) {
     }
   }
   if (!storage) {
-    // A view of the original bytes that keeps the original storage alive: a kernel may hand the
-    // stand-in to work that outlives the call (asynchronous c10d collectives). The CPU
-    // allocator is what a CPU kernel's resize uses to grow it; sync_back() then moves the new
-    // buffer into the original storage.
-    auto* keep_alive = new c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(original));
-    storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
-        c10::StorageImpl::use_byte_size_t(), original->nbytes(),
-        c10::DataPtr(const_cast<void*>(original->data_ptr().get()), keep_alive, &release_original,
-                     c10::Device(c10::DeviceType::CPU)),
-        c10::GetCPUAllocator(), original->resizable()));
+    storage = standin_storage(original);
     storages_.push_back({original, storage});
   }
 
@@ -54,13 +72,13 @@ at::Tensor StandIns::make(const at::Tensor& t) {
     standin->set_version_counter(impl->version_counter());
   }
   at::Tensor result(std::move(standin));
-  tensors_.push_back({result, t});
+  tensors_.push_back({result, borrowed, std::move(owned)});
   return result;
 }
 
 const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
   for (const auto& e : tensors_) {
-    if (e.standin.unsafeGetTensorImpl() == impl) return &e.original;
+    if (e.standin.unsafeGetTensorImpl() == impl) return &e.original();
   }
   return nullptr;
 }

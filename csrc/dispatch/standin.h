@@ -14,7 +14,10 @@ class StandIns {
  public:
   // A CPU tensor sharing `t`'s memory. Tensors that share a storage get stand-ins that share
   // one CPU storage, so the CPU kernel's overlap and aliasing checks see what CUDA would.
+  // `t` must outlive this object (it is not copied: copying a tensor Python owns takes the GIL).
   at::Tensor make(const at::Tensor& t);
+  // make() for a tensor the caller cannot keep alive (a boxed stack slot about to be replaced).
+  at::Tensor make_owned(at::Tensor t);
 
   // The original tensor whose stand-in is `impl`, or nullptr.
   const at::Tensor* original_of(const c10::TensorImpl* impl) const;
@@ -31,12 +34,15 @@ class StandIns {
     c10::StorageImpl* original;
     c10::Storage standin;
   };
-  // Strong references: a stand-in freed during the call (its argument list popped) must not
-  // have its address reused by an output and be mistaken for it.
+  // A strong reference to the stand-in: one freed during the call (its argument list popped)
+  // must not have its address reused by an output and be mistaken for it.
   struct TensorEntry {
     at::Tensor standin;
-    at::Tensor original;
+    const at::Tensor* borrowed;  // the caller's tensor (make), or null
+    at::Tensor owned;            // make_owned()'s tensor
+    const at::Tensor& original() const { return borrowed ? *borrowed : owned; }
   };
+  at::Tensor add(const at::Tensor* borrowed, at::Tensor owned);
   c10::SmallVector<StorageEntry, 4> storages_;
   c10::SmallVector<TensorEntry, 4> tensors_;
 };
