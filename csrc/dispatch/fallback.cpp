@@ -49,7 +49,7 @@ class CallState {
       bool any = false;
       for (const at::Tensor& t : list) any |= t.defined() && t.device().type() == kType;
       if (!any) {
-        for (const at::Tensor& t : list) note_cpu(t);
+        for (const at::Tensor& t : list) note(t);
       } else {
         c10::List<at::Tensor> lowered;
         lowered.reserve(list.size());
@@ -115,15 +115,14 @@ class CallState {
 
  private:
   at::Tensor lower_tensor(const at::Tensor& t) {
-    if (devices_.note(t, [this] { return accepts_cpu_tensors(op_); })) return standins.make_owned(t);
-    note_cpu(t);
-    return t;
+    return note(t) ? standins.make_owned(t) : t;
   }
 
-  void note_cpu(const at::Tensor& t) {
-    if (!t.defined() || t.device().type() != c10::DeviceType::CPU) return;
-    host_inputs_.push_back(t);
-    devices_.note(t, [this] { return accepts_cpu_tensors(op_); });
+  // Checks `t`'s device; true for an emulated tensor. CPU tensors are remembered as host inputs.
+  bool note(const at::Tensor& t) {
+    if (!t.defined()) return false;
+    if (t.device().type() == c10::DeviceType::CPU) host_inputs_.push_back(t);
+    return devices_.note(t, [this] { return accepts_cpu_tensors(op_); });
   }
 
   const c10::OperatorHandle& op_;
