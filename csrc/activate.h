@@ -1,4 +1,5 @@
-// Public C++ entry point: turn a device type into an emulated one backed by host memory.
+// Public C++ entry point: turn a device type into an emulated one, run by a runner device
+// (runtime/runner.h: cpu, or a real cuda/mps device).
 #pragma once
 
 #include <c10/core/DeviceType.h>
@@ -12,8 +13,9 @@ struct Activation {
   int fallback_registrations;  // ops whose device slot was given the fallback explicitly
 };
 
-// Registers guard, allocator, kernels, fallback and (for CUDA) hooks. Idempotent per type;
-// a later call only changes the device count.
-Activation activate(c10::DeviceType type, int device_count);
+// Registers guard, allocator, kernels, fallback and hooks. Idempotent per type; a later call
+// only changes the device count (the runner is chosen by the first).
+Activation activate(c10::DeviceType type, int device_count,
+                    c10::DeviceType runner = c10::DeviceType::CPU);
 
 } // namespace torchdevice

@@ -290,3 +290,26 @@ def test_report_api_start_and_finish(tmp_path, run_python):
     proc = run_python([str(script)])
     assert proc.returncode == 0, describe(proc)
     assert json.loads(proc.stdout) == [["torch.cuda.synchronize()", 6, 1, False]]
+
+
+def test_ops_the_runner_lacks_are_reported(tmp_path, run_python):
+    """Ops a device runner has no kernel for run on the CPU; the report lists them (simulated here)."""
+    script = write(
+        tmp_path / "lacking.py",
+        """\
+        import io, json
+        import torchdevice, torch
+        from torchdevice import _C, report
+        report.start(None, ops=False)
+        _C.simulate_missing_kernel("cuda", "aten::atan2")
+        x = torch.ones(3, device="cuda")
+        torch.atan2(x, x); torch.atan2(x, x)
+        data = report.finish(stream=io.StringIO())
+        print(json.dumps([data["runner_cpu_fallbacks"], report.format_text(data).splitlines()]))
+        """,
+    )
+    proc = run_python([str(script)])
+    assert proc.returncode == 0, describe(proc)
+    fallbacks, lines = json.loads(proc.stdout)
+    assert fallbacks == {"aten::atan2": 2}
+    assert "ops the cpu runner has no kernel for, run on the CPU: aten::atan2 x2" in lines

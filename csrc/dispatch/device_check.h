@@ -2,9 +2,11 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <string_view>
 
 namespace torchdevice::dispatch {
 
@@ -12,6 +14,19 @@ namespace torchdevice::dispatch {
   // TensorIterator's wording, which is what most CUDA ops raise for mixed devices.
   TORCH_CHECK(false, "Expected all tensors to be on the same device, but found at least two devices, ", a,
               " and ", b, "!");
+}
+
+// Ops that accept non-scalar CPU tensors next to device tensors on a real GPU: copies,
+// indexing with CPU indices, and storage swaps.
+inline bool accepts_cpu_tensors(const c10::OperatorHandle& op) {
+  const std::string_view name = op.operator_name().name;
+  for (std::string_view allowed : {"aten::copy_", "aten::_copy_from", "aten::_copy_from_and_resize",
+                                   "aten::index", "aten::index_put_", "aten::index_put",
+                                   "aten::_index_put_impl_", "aten::_unsafe_index", "aten::_unsafe_index_put",
+                                   "aten::set_", "aten::_to_copy", "aten::is_set_to", "aten::is_same_size"}) {
+    if (name == allowed) return true;
+  }
+  return false;
 }
 
 // Fed every tensor argument in order. Emulated tensors must share one device; CPU tensors may

@@ -1,9 +1,11 @@
 #include "dispatch/fallback.h"
 
 #include "dispatch/device_check.h"
+#include "dispatch/host_fallback.h"
 #include "dispatch/standin.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
+#include "runtime/runner.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/ivalue.h>
@@ -13,19 +15,6 @@
 
 namespace torchdevice::dispatch {
 namespace {
-
-// Ops that accept non-scalar CPU tensors next to device tensors on a real GPU: copies,
-// indexing with CPU indices, and storage swaps.
-bool accepts_cpu_tensors(const c10::OperatorHandle& op) {
-  const std::string_view name = op.operator_name().name;
-  for (std::string_view allowed : {"aten::copy_", "aten::_copy_from", "aten::_copy_from_and_resize",
-                                   "aten::index", "aten::index_put_", "aten::index_put",
-                                   "aten::_index_put_impl_", "aten::_unsafe_index", "aten::_unsafe_index_put",
-                                   "aten::set_", "aten::_to_copy", "aten::is_set_to", "aten::is_same_size"}) {
-    if (name == allowed) return true;
-  }
-  return false;
-}
 
 bool is_optional_generator(const c10::Argument& arg) {
   const auto& type = arg.type();
@@ -37,9 +26,9 @@ bool is_optional_generator(const c10::Argument& arg) {
 template <c10::DeviceType kType>
 class CallState {
  public:
-  explicit CallState(const c10::OperatorHandle& op) : op_(op) {}
+  CallState(const c10::OperatorHandle& op, const Runner& runner) : standins(runner), op_(op), runner_(runner) {}
 
-  // Replaces emulated tensors (also inside lists) and devices in `v` by their CPU stand-ins.
+  // Replaces emulated tensors (also inside lists) and devices in `v` by their runner stand-ins.
   void lower(c10::IValue& v) {
     if (v.isTensor()) {
       const at::Tensor& t = v.toTensor();
@@ -79,7 +68,7 @@ class CallState {
       const c10::Device d = v.toDevice();
       if (d.type() == kType) {
         explicit_device_ = resolve_device(d);
-        v = c10::Device(c10::DeviceType::CPU);
+        v = runner_.device_for(explicit_device_->index());
       } else {
         explicit_non_emulated_device_ = true;
       }
@@ -126,6 +115,7 @@ class CallState {
   }
 
   const c10::OperatorHandle& op_;
+  const Runner& runner_;
   DeviceCheck<kType> devices_;
   std::optional<c10::Device> explicit_device_;
   bool explicit_non_emulated_device_ = false;
@@ -143,7 +133,14 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
   const size_t num_args = args.size();
   const size_t first_arg = stack->size() - num_args;
 
-  CallState<kType> call(op);
+  const Runner& runner = runner_for(kType);
+  if (C10_UNLIKELY(runner.may_lack_kernels()) && !runner.has_kernel(op)) {
+    runner.count_host_fallback(op);
+    run_on_host<kType>(op, stack);
+    return;
+  }
+
+  CallState<kType> call(op, runner);
   // Mutable arguments (in-place self, out=) whose stand-ins must be synced back afterwards.
   c10::SmallVector<std::pair<at::Tensor, at::Tensor>, 4> mutated;  // (stand-in, original)
 
@@ -172,10 +169,13 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
   // ops can also draw from the CPU default generator inside their CPU kernel (native_dropout;
   // composites calling random ops with generator=None): during the call that generator carries
   // the device's default stream, and arguments naming the device's default generator use it.
+  // (A device runner's kernels draw from the runner's default generator, which *is* the
+  // emulated default generator's state: only explicit generators need mapping there.)
   std::optional<DefaultGeneratorRedirect> redirect;
-  if (call.has_emulated_input() && (call.has_generator_argument() || op.hasTag(at::Tag::nondeterministic_seeded))) {
+  if (call.has_emulated_input() && (call.has_generator_argument() ||
+                                    (runner.is_cpu() && op.hasTag(at::Tag::nondeterministic_seeded)))) {
     const at::Generator& device_default = default_generator(kType, call.device().index());
-    if (op.hasTag(at::Tag::nondeterministic_seeded)) {
+    if (runner.is_cpu() && op.hasTag(at::Tag::nondeterministic_seeded)) {
       redirect.emplace(host_generator_of(device_default));
     }
     for (size_t i = 0; i < num_args; ++i) {
@@ -187,13 +187,13 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
                     "' device type for generator but found '", c10::DeviceTypeName(gen.device().type(), true), "'");
         const bool is_default = gen.unsafeGetGeneratorImpl() == device_default.unsafeGetGeneratorImpl();
         v = redirect && is_default ? at::detail::getDefaultCPUGenerator() : host_generator_of(gen);
-      } else if (!redirect && v.isNone() && is_optional_generator(args[i])) {
+      } else if (runner.is_cpu() && !redirect && v.isNone() && is_optional_generator(args[i])) {
         v = host_generator_of(device_default);
       }
     }
   }
 
-  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  op.redispatchBoxed(c10::DispatchKeySet(runner.key()), stack);
   redirect.reset();
 
   for (const auto& [standin, original] : mutated) {
@@ -202,7 +202,7 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
 
   const c10::Device device = call.device();
   auto map_output = [&](const at::Tensor& out) -> std::optional<at::Tensor> {
-    if (!out.defined() || out.device().type() != c10::DeviceType::CPU) return std::nullopt;
+    if (!out.defined() || out.device().type() != runner.type()) return std::nullopt;
     if (const at::Tensor* original = call.standins.original_of(out.unsafeGetTensorImpl())) {
       return *original;  // in-place / out= return the caller's own tensor
     }

@@ -53,14 +53,16 @@ at::Tensor empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, s
                                            c10::dtype_or_default(dtype));
 }
 
-// Host memory on both sides: every direction (cpu<->device, device<->device on any ordinals)
-// is the CPU copy kernel on stand-ins, with its dtype conversion, conj/neg and broadcasting.
+// Every direction (cpu<->device, device<->device on any ordinals) is the runner's copy kernel
+// on stand-ins, with its dtype conversion, conj/neg and broadcasting (on the cpu runner: host
+// memory on both sides, the CPU copy kernel).
 template <c10::DeviceType kType>
 at::Tensor& copy_(at::Tensor& self, const at::Tensor& src, bool non_blocking) {
-  StandIns standins;
-  at::Tensor self_host = self.device().type() == kType ? standins.make(self) : self;
-  const at::Tensor src_host = src.device().type() == kType ? standins.make(src) : src;
-  at::_ops::copy_::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), self_host, src_host, non_blocking);
+  const Runner& runner = runner_for(kType);
+  StandIns standins(runner);
+  at::Tensor self_on_runner = self.device().type() == kType ? standins.make(self) : self;
+  const at::Tensor src_on_runner = src.device().type() == kType ? standins.make(src) : src;
+  at::_ops::copy_::redispatch(c10::DispatchKeySet(runner.key()), self_on_runner, src_on_runner, non_blocking);
   return self;
 }
 
@@ -94,13 +96,16 @@ void record_stream(at::Tensor& self, c10::Stream stream) {
 
 // CUDA computes softmax(half, dtype=float) as _softmax(half, half_to_float=true); the CPU kernel
 // has no such mode. CPU users get the same result from x.float() then _softmax, which is what
-// runs here, so the values equal CPU's F.softmax(x, dtype=torch.float32) bit for bit.
+// runs here, so the values equal CPU's F.softmax(x, dtype=torch.float32) bit for bit. A device
+// runner gets the flag as it is (its kernels are GPU kernels).
 template <typename Op>
 at::Tensor softmax_like(Op op, const at::Tensor& self, int64_t dim, bool half_to_float) {
-  StandIns standins;
+  const Runner& runner = runner_for(self.device().type());
+  StandIns standins(runner);
   at::Tensor input = standins.make(self);
-  if (half_to_float) input = input.to(at::kFloat);
-  at::Tensor out = op(c10::DispatchKeySet(c10::DispatchKey::CPU), input, dim, false);
+  const bool emulate_half_to_float = half_to_float && runner.is_cpu();
+  if (emulate_half_to_float) input = input.to(at::kFloat);
+  at::Tensor out = op(c10::DispatchKeySet(runner.key()), input, dim, half_to_float && !emulate_half_to_float);
   adopt_output(out, self.device());
   return out;
 }
@@ -110,9 +115,10 @@ at::Tensor softmax_like(Op op, const at::Tensor& self, int64_t dim, bool half_to
 template <typename Op>
 at::Tensor softmax_backward_like(Op op, const at::Tensor& grad, const at::Tensor& output, int64_t dim,
                                  at::ScalarType input_dtype) {
-  StandIns standins;
-  const bool half_to_float = grad.scalar_type() != input_dtype;
-  at::Tensor out = op(c10::DispatchKeySet(c10::DispatchKey::CPU), standins.make(grad),
+  const Runner& runner = runner_for(grad.device().type());
+  StandIns standins(runner);
+  const bool half_to_float = runner.is_cpu() && grad.scalar_type() != input_dtype;
+  at::Tensor out = op(c10::DispatchKeySet(runner.key()), standins.make(grad),
                                   standins.make(output), dim, half_to_float ? grad.scalar_type() : input_dtype);
   if (half_to_float) out = out.to(input_dtype);
   adopt_output(out, grad.device());

@@ -4,6 +4,7 @@
 #include "dispatch/fast_paths.h"
 #include "dispatch/host_routes.h"
 #include "dispatch/kernels.h"
+#include "runtime/runner.h"
 
 #include <torch/library.h>
 
@@ -111,7 +112,8 @@ int register_for() {
   c10::WarningUtils::WarningHandlerGuard quiet(&silent);
   auto* aten = new torch::Library(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
   const int overridden = mirror_cpu_table<kType>(*aten);
-  register_fast_paths<kType>();
+  // Fast paths call the CPU kernel directly: for the cpu runner only.
+  if (runner_for(kType).is_cpu()) register_fast_paths<kType>();
   register_kernels<kType>(*aten);  // after the mirror: the last registration for a key wins
   register_host_routes<kType>();
   return overridden;

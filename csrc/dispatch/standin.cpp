@@ -16,23 +16,24 @@ void release_original(void* original) {
   c10::raw::intrusive_ptr::decref(static_cast<c10::StorageImpl*>(original));
 }
 
-c10::DataPtr view_of(c10::StorageImpl* original) {
+c10::DataPtr view_of(c10::StorageImpl* original, c10::Device runner_device) {
   // Keeps the original storage alive: a kernel may hand the stand-in to work that outlives the
   // call (asynchronous c10d collectives).
   c10::raw::intrusive_ptr::incref(original);
-  return c10::DataPtr(const_cast<void*>(original->data_ptr().get()), original, &release_original,
-                      c10::Device(c10::DeviceType::CPU));
-}
-
-c10::Storage standin_storage(c10::StorageImpl* original) {
-  // The CPU allocator is what a CPU kernel's resize uses to grow it; sync_back() then moves the
-  // new buffer into the original storage.
-  return c10::Storage(c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), original->nbytes(),
-                                                            view_of(original), c10::GetCPUAllocator(),
-                                                            original->resizable()));
+  return c10::DataPtr(const_cast<void*>(original->data_ptr().get()), original, &release_original, runner_device);
 }
 
 } // namespace
+
+c10::Storage StandIns::standin_storage(c10::StorageImpl* original) const {
+  // The runner's allocator is what a kernel's resize uses to grow it; sync_back() then moves
+  // the new buffer into the original storage.
+  c10::Allocator* allocator = runner_->is_cpu() ? c10::GetCPUAllocator() : runner_->allocator();
+  const c10::Device device = runner_->device_for(original->device().index());
+  return c10::Storage(c10::make_intrusive<c10::StorageImpl>(c10::StorageImpl::use_byte_size_t(), original->nbytes(),
+                                                            view_of(original, device), allocator,
+                                                            original->resizable()));
+}
 
 at::Tensor StandIns::make(const at::Tensor& t) {
   return add(&t, at::Tensor());
@@ -60,11 +61,11 @@ at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
   }
 
   auto standin = c10::make_intrusive<c10::TensorImpl>(
-      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU), t.dtype());
+      std::move(storage), c10::DispatchKeySet(runner_->key()), t.dtype());
   standin->set_sizes_and_strides(impl->sizes(), impl->strides(), impl->storage_offset());
-  // The original's keys on the CPU backend: lazy conj/neg views stay lazy, ZeroTensors stay
-  // ZeroTensors, and a normal tensor's stand-in is no inference tensor even in inference mode.
-  internals::copy_keys_to_cpu(standin.get(), impl);
+  // The original's keys on the runner's backend: lazy conj/neg views stay lazy, ZeroTensors
+  // stay ZeroTensors, and a normal tensor's stand-in is no inference tensor in inference mode.
+  internals::copy_keys_to_backend(standin.get(), impl, runner_->type());
   if (!impl->is_inference()) {
     // Share the version counter too: views a CPU kernel takes of the stand-in (in inference
     // mode, ADInplaceOrView still tracks them for normal tensors) and in-place writes then
@@ -98,7 +99,7 @@ void StandIns::sync_back(const at::Tensor& standin, const at::Tensor& original) 
 
   if (original_storage_of(src_storage) != dst_storage) {
     // The kernel pointed the stand-in at another storage (set_): a stand-in storage maps
-    // back to its original; a new CPU storage is adopted by the device.
+    // back to its original; a new runner storage is adopted by the device.
     if (auto* mapped = original_storage_of(src_storage)) {
       dst->set_storage_keep_dtype(c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(mapped)));
     } else {
@@ -107,14 +108,14 @@ void StandIns::sync_back(const at::Tensor& standin, const at::Tensor& original) 
     }
   } else if (src_storage->data_ptr().get() != dst_storage->data_ptr().get() ||
              src_storage->nbytes() != dst_storage->nbytes()) {
-    // resize_ grew the buffer: the new bytes came from the CPU allocator.
+    // resize_ grew the buffer: the new bytes came from the runner's allocator.
     auto& alloc = allocator_for(original.device().type());
     const auto nbytes = src_storage->nbytes();
     if (src_storage->data_ptr().get() != dst_storage->data_ptr().get()) {
       dst_storage->set_data_ptr_noswap(
           alloc.adopt(std::move(src_storage->_mutable_data_ptr_no_checks()), nbytes, original.device().index()));
       // The stand-in storage must not free what the original now owns.
-      src_storage->set_data_ptr_noswap(c10::DataPtr(dst_storage->data_ptr().get(), c10::Device(c10::DeviceType::CPU)));
+      src_storage->set_data_ptr_noswap(c10::DataPtr(dst_storage->data_ptr().get(), src_storage->device()));
     }
     dst_storage->set_nbytes(nbytes);
   }
@@ -131,7 +132,7 @@ void adopt_output(const at::Tensor& out, c10::Device device) {
     c10::StorageImpl* storage = impl->storage().unsafeGetStorageImpl();
     c10::DataPtr& data = storage->_mutable_data_ptr_no_checks();
     // Outputs can share one fresh storage (a tensor and a view of it): adopt it once.
-    if (data.device().type() == c10::DeviceType::CPU) {
+    if (data.device().type() != device.type()) {
       auto& alloc = allocator_for(device.type());
       storage->set_data_ptr_noswap(alloc.adopt(std::move(data), storage->nbytes(), device.index()));
       storage->set_allocator(&alloc);

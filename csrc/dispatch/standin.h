@@ -1,9 +1,12 @@
-// CPU stand-ins: CPU tensors over the same memory as emulated-device tensors.
+// Stand-ins: runner tensors (CPU tensors on the cpu runner) over the same memory as
+// emulated-device tensors.
 //
-// An emulated op runs the CPU kernel on stand-ins. Views, in-place and out= work because the
-// stand-in shares the original's memory; afterwards results are mapped back (view of an
+// An emulated op runs the runner's kernel on stand-ins. Views, in-place and out= work because
+// the stand-in shares the original's memory; afterwards results are mapped back (view of an
 // input -> view of the original storage; fresh output -> relabelled to the emulated device).
 #pragma once
+
+#include "runtime/runner.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/SmallVector.h>
@@ -12,7 +15,9 @@ namespace torchdevice::dispatch {
 
 class StandIns {
  public:
-  // A CPU tensor sharing `t`'s memory. Tensors that share a storage get stand-ins that share
+  explicit StandIns(const Runner& runner = cpu_runner()) : runner_(&runner) {}
+
+  // A runner tensor sharing `t`'s memory. Tensors that share a storage get stand-ins that share
   // one CPU storage, so the CPU kernel's overlap and aliasing checks see what CUDA would.
   // `t` must outlive this object (it is not copied: copying a tensor Python owns takes the GIL).
   at::Tensor make(const at::Tensor& t);
@@ -43,15 +48,17 @@ class StandIns {
     const at::Tensor& original() const { return borrowed ? *borrowed : owned; }
   };
   at::Tensor add(const at::Tensor* borrowed, at::Tensor owned);
+  c10::Storage standin_storage(c10::StorageImpl* original) const;
+  const Runner* runner_;
   c10::SmallVector<StorageEntry, 4> storages_;
   c10::SmallVector<TensorEntry, 4> tensors_;
 };
 
-// Gives a tensor a CPU kernel produced to an emulated device: the TensorImpl is relabelled in
+// Gives a tensor a runner kernel produced to an emulated device: the TensorImpl is relabelled in
 // place and its memory is counted by the device's allocator.
 void adopt_output(const at::Tensor& out, c10::Device device);
 
-// Points `out` (a CPU view a kernel made of a stand-in) at the original storage and device.
+// Points `out` (a runner view a kernel made of a stand-in) at the original storage and device.
 void rebase_view(const at::Tensor& out, c10::StorageImpl* original_storage);
 
 } // namespace torchdevice::dispatch

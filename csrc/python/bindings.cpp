@@ -3,6 +3,7 @@
 #include "runtime/allocator.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
+#include "runtime/runner.h"
 
 #include <ATen/native/Resize.h>
 #include <c10/core/DeviceGuard.h>
@@ -17,6 +18,13 @@ c10::DeviceType parse_type(const std::string& name) {
   if (name == "cuda") return c10::DeviceType::CUDA;
   if (name == "mps") return c10::DeviceType::MPS;
   throw py::value_error("torchdevice: emulated device type must be 'cuda' or 'mps', got '" + name + "'");
+}
+
+c10::DeviceType parse_runner(const std::string& name) {
+  if (name == "cpu") return c10::DeviceType::CPU;
+  if (name == "cuda") return c10::DeviceType::CUDA;
+  if (name == "mps") return c10::DeviceType::MPS;
+  throw py::value_error("torchdevice: runner must be 'cpu', 'cuda' or 'mps', got '" + name + "'");
 }
 
 // torch.cuda.memory_stats() keys: "<stat>.<pool>.<metric>" plus plain counters.
@@ -64,13 +72,28 @@ py::dict memory_stats(const std::string& type, c10::DeviceIndex device) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "torchdevice native core: emulated cuda/mps devices over host memory";
 
-  m.def("activate", [](const std::string& type, int count) {
-    auto result = torchdevice::activate(parse_type(type), count);
+  m.def("activate", [](const std::string& type, int count, const std::string& runner) {
+    auto result = torchdevice::activate(parse_type(type), count, parse_runner(runner));
     py::dict info;
     info["hooks_route"] = result.hooks_route;
     info["fallback_registrations"] = result.fallback_registrations;
     return info;
-  }, py::arg("device_type"), py::arg("device_count"));
+  }, py::arg("device_type"), py::arg("device_count"), py::arg("runner") = "cpu");
+
+  // The runner: which device computes, the ops it lacks (run on the CPU, counted), and the wait
+  // for its queued work.
+  m.def("runner", [](const std::string& type) {
+    return c10::DeviceTypeName(torchdevice::runner_for(parse_type(type)).type(), /*lower_case=*/true);
+  });
+  m.def("runner_census", [](const std::string& type) { return torchdevice::runner_for(parse_type(type)).census(); });
+  m.def("simulate_missing_kernel", [](const std::string& type, const std::string& op_name) {
+    torchdevice::mutable_runner_for(parse_type(type)).simulate_missing_kernel(op_name);
+  }, py::arg("device_type"), py::arg("op_name"),
+     "Test hook: run `op_name` ('aten::atan2') as if the runner had no kernel for it ('' clears).");
+  m.def("synchronize", [](const std::string& type, int index) {
+    py::gil_scoped_release no_gil;
+    torchdevice::runner_for(parse_type(type)).synchronize(static_cast<c10::DeviceIndex>(index));
+  });
 
   m.def("device_count", [](const std::string& type) { return torchdevice::device_count(parse_type(type)); });
   m.def("set_device_count", [](const std::string& type, int n) { torchdevice::set_device_count(parse_type(type), n); });

@@ -1,8 +1,10 @@
 #include "runtime/allocator.h"
 
 #include "runtime/device.h"
+#include "runtime/runner.h"
 
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
@@ -34,7 +36,8 @@ void free_block(void* data) {
   c10::free_cpu(header);
 }
 
-// Memory first allocated by a CPU kernel, now owned by an emulated device.
+// Memory first allocated by a runner's kernel (or the runner's allocator), now owned by an
+// emulated device.
 struct AdoptedBlock {
   c10::DataPtr host;
   uint64_t nbytes;
@@ -117,6 +120,12 @@ c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex devi
   if (nbytes == 0) {
     return c10::DataPtr(nullptr, dev);  // like cudaMalloc-backed allocators: no block for 0 bytes
   }
+  const Runner& runner = runner_for(type_);
+  if (c10::Allocator* real = runner.allocator()) {
+    // Device memory of the runner (its caching allocator serves its current device).
+    c10::DeviceGuard guard(runner.device_for(device));
+    return adopt(real->allocate(nbytes), nbytes, device);
+  }
   record_alloc(device, nbytes);
   auto* header = static_cast<BlockHeader*>(c10::alloc_cpu(nbytes + sizeof(BlockHeader)));
   header->nbytes = nbytes;
@@ -127,11 +136,16 @@ c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex devi
 }
 
 c10::DeleterFnPtr EmulatedAllocator::raw_deleter() const {
-  return &free_block;
+  // Runner memory carries a context (the runner's own DataPtr): no raw allocation API there.
+  return runner_for(type_).is_cpu() ? &free_block : nullptr;
 }
 
 void EmulatedAllocator::copy_data(void* dest, const void* src, std::size_t count) const {
-  std::memcpy(dest, src, count);
+  if (c10::Allocator* real = runner_for(type_).allocator()) {
+    real->copy_data(dest, src, count);
+  } else {
+    std::memcpy(dest, src, count);
+  }
 }
 
 c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device) {

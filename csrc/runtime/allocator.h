@@ -1,4 +1,5 @@
-// Host-memory allocator for emulated devices, with the byte counts of CUDA's caching allocator.
+// Allocator of emulated devices, with the byte counts of CUDA's caching allocator. On the cpu
+// runner it serves host blocks itself; on a device runner it wraps that runner's allocator.
 #pragma once
 
 #include <c10/core/CachingDeviceAllocator.h>
@@ -20,7 +21,7 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   c10::DeleterFnPtr raw_deleter() const override;
   void copy_data(void* dest, const void* src, std::size_t count) const override;
 
-  // Takes over memory a CPU kernel allocated for an output of an emulated op: the bytes are
+  // Takes over memory a runner kernel allocated for an output of an emulated op: the bytes are
   // counted on `device` from now on and the DataPtr reports that device.
   c10::DataPtr adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device);
 

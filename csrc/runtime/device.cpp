@@ -1,5 +1,7 @@
 #include "runtime/device.h"
 
+#include "runtime/runner.h"
+
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -61,8 +63,12 @@ void set_current_device(c10::DeviceType type, c10::DeviceIndex index) {
 }
 
 void check_dtype_supported(c10::DeviceType type, c10::ScalarType dtype) {
-  if (type == c10::DeviceType::MPS) {
-    TORCH_CHECK_TYPE(dtype != c10::ScalarType::Double,
+  // Emulated mps refuses what a Mac refuses; the mps runner (emulated cuda on Apple's GPU) has
+  // the same limit, and its policy is MPS's error rather than silently computing in float32.
+  const bool refused = type == c10::DeviceType::MPS ? dtype == c10::ScalarType::Double
+                                                    : !runner_for(type).is_cpu() && !runner_for(type).supports_dtype(dtype);
+  if (C10_UNLIKELY(refused)) {
+    TORCH_CHECK_TYPE(false,
                      "Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
                      "Please use float32 instead.");
   }

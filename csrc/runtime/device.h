@@ -23,8 +23,8 @@ void check_device_index(c10::DeviceType type, c10::DeviceIndex index);
 c10::DeviceIndex current_device(c10::DeviceType type);
 void set_current_device(c10::DeviceType type, c10::DeviceIndex index);
 
-// Apple's MPS has no float64: emulated mps tensors refuse it with MPS's own error (a TypeError),
-// so code that passes here passes on a Mac.
+// Apple's MPS has no float64: emulated mps tensors (and emulated cuda tensors on the mps runner)
+// refuse it with MPS's own error (a TypeError), so code that passes here passes on a Mac.
 void check_dtype_supported(c10::DeviceType type, c10::ScalarType dtype);
 
 // Resolves -1 / no index to the current device and validates the ordinal.

@@ -1,6 +1,7 @@
 #include "runtime/generator.h"
 
 #include "runtime/device.h"
+#include "runtime/runner.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/DispatchKeySet.h>
@@ -17,9 +18,8 @@ c10::DispatchKeySet keys_for(c10::DeviceType type) {
 
 } // namespace
 
-EmulatedGenerator::EmulatedGenerator(c10::Device device, uint64_t seed)
-    : c10::GeneratorImpl(device, keys_for(device.type())),
-      host_(at::make_generator<at::CPUGeneratorImpl>(seed)) {}
+EmulatedGenerator::EmulatedGenerator(c10::Device device, at::Generator inner)
+    : c10::GeneratorImpl(device, keys_for(device.type())), host_(std::move(inner)) {}
 
 // The host generator's own mutex guards its state against kernels running on other threads.
 void EmulatedGenerator::set_current_seed(uint64_t seed) {
@@ -52,10 +52,8 @@ c10::intrusive_ptr<c10::TensorImpl> EmulatedGenerator::get_state() const {
 }
 
 EmulatedGenerator* EmulatedGenerator::clone_impl() const {
-  auto* copy = new EmulatedGenerator(device(), 0);
   std::lock_guard<std::mutex> lock(host_.mutex());
-  copy->host_ = host_.clone();
-  return copy;
+  return new EmulatedGenerator(device(), host_.clone());
 }
 
 DefaultGeneratorRedirect::DefaultGeneratorRedirect(const at::Generator& host_gen) : host_(host_gen) {
@@ -96,7 +94,10 @@ const at::Generator& default_generator(c10::DeviceType type, c10::DeviceIndex in
   check_device_index(type, index);
   std::call_once(flags[s][index], [&] {
     // Like CUDA, default generators start from the fixed default seed until seeded.
-    (*gens)[s][index] = at::make_generator<EmulatedGenerator>(c10::Device(type, index), c10::default_rng_seed_val);
+    const Runner& runner = runner_for(type);
+    at::Generator inner = runner.is_cpu() ? runner.new_generator(index, c10::default_rng_seed_val)
+                                          : runner.default_generator(index);
+    (*gens)[s][index] = at::make_generator<EmulatedGenerator>(c10::Device(type, index), std::move(inner));
   });
   return (*gens)[s][index];
 }
@@ -106,7 +107,8 @@ at::Generator new_generator(c10::DeviceType type, c10::DeviceIndex index) {
     index = current_device(type);
   }
   check_device_index(type, index);
-  return at::make_generator<EmulatedGenerator>(c10::Device(type, index), c10::default_rng_seed_val);
+  return at::make_generator<EmulatedGenerator>(c10::Device(type, index),
+                                               runner_for(type).new_generator(index, c10::default_rng_seed_val));
 }
 
 } // namespace torchdevice

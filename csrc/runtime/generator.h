@@ -1,9 +1,11 @@
 // Random number generators of emulated devices.
 //
 // A generator reports the emulated device (so torch.Generator('cuda') and checkpointed RNG
-// state behave as on a GPU) and keeps its state in a private CPU generator: CPU kernels
-// accept only CPU generators, so the fallback hands them that inner generator. Seeding the
-// CPU default generator therefore never changes cuda draws, and vice versa.
+// state behave as on a GPU) and keeps its state in an inner generator of the runner: kernels
+// accept only their own device's generators, so the fallback hands them that inner generator.
+// On the cpu runner it is a private CPU generator (seeding the CPU default generator never
+// changes cuda draws, and vice versa); on a device runner the emulated default generator wraps
+// the runner's default generator, which that runner's kernels draw from without an argument.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -13,7 +15,7 @@ namespace torchdevice {
 
 class EmulatedGenerator final : public c10::GeneratorImpl {
  public:
-  EmulatedGenerator(c10::Device device, uint64_t seed);
+  EmulatedGenerator(c10::Device device, at::Generator inner);
 
   void set_current_seed(uint64_t seed) override;
   void set_offset(uint64_t offset) override;
@@ -23,7 +25,7 @@ class EmulatedGenerator final : public c10::GeneratorImpl {
   void set_state(const c10::TensorImpl& new_state) override;
   c10::intrusive_ptr<c10::TensorImpl> get_state() const override;
 
-  // The CPU generator that holds the state; what CPU kernels receive.
+  // The runner generator that holds the state; what the runner's kernels receive.
   const at::Generator& host_generator() const { return host_; }
 
  private:
@@ -52,7 +54,7 @@ class DefaultGeneratorRedirect {
 const at::Generator& default_generator(c10::DeviceType type, c10::DeviceIndex index);
 at::Generator new_generator(c10::DeviceType type, c10::DeviceIndex index);
 
-// The CPU generator a CPU kernel should draw from for `gen` (an emulated generator).
+// The runner generator a kernel should draw from for `gen` (an emulated generator).
 inline const at::Generator& host_generator_of(const at::Generator& gen) {
   return static_cast<EmulatedGenerator*>(gen.unsafeGetGeneratorImpl())->host_generator();
 }

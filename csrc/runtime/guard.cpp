@@ -1,6 +1,7 @@
 #include "runtime/guard.h"
 
 #include "runtime/device.h"
+#include "runtime/runner.h"
 
 #include <c10/util/Exception.h>
 
@@ -87,6 +88,8 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
       *event = new EmulatedEvent{stream.device_index(), {}, false};
     }
     auto* e = static_cast<EmulatedEvent*>(*event);
+    // A device runner queues its kernels: the event's time is when the queued work finished.
+    runner_for(type_).synchronize(stream.device_index());
     e->recorded_at = std::chrono::steady_clock::now();
     e->recorded = true;
   }
@@ -105,8 +108,12 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     return static_cast<c10::DeviceIndex>(device_count(type_));
   }
   bool queryStream(const c10::Stream& /*stream*/) const override { return true; }
-  void synchronizeStream(const c10::Stream& /*stream*/) const override {}
-  void synchronizeDevice(const c10::DeviceIndex /*device_index*/) const override {}
+  // Execution is in order on one queue per device (cpu runner: synchronous), so a stream or a
+  // device is synchronized by waiting for the runner device.
+  void synchronizeStream(const c10::Stream& stream) const override { runner_for(type_).synchronize(stream.device_index()); }
+  void synchronizeDevice(const c10::DeviceIndex device_index) const override {
+    runner_for(type_).synchronize(device_index < 0 ? current_device(type_) : device_index);
+  }
   void recordDataPtrOnStream(const c10::DataPtr& /*data_ptr*/, const c10::Stream& /*stream*/) const override {}
 
  private:

@@ -21,6 +21,7 @@ const char* install_cuda_hooks();
 
 // For a process that emulates MPS: makes at::getCUDAHooks() answer as a torch build without
 // CUDA does (isBuilt/hasCUDA false, no devices), so MPS is the only accelerator, as on a Mac.
+// On the cuda runner the real GPU keeps running the kernels (the runner initialized it first).
 // On a CUDA build of torch the real CUDA hooks would otherwise claim an accelerator
 // ("Cannot have both MPS and cuda"). Returns "vtable" (the live object is always taken over).
 const char* install_disabled_cuda_hooks();
@@ -28,5 +29,9 @@ const char* install_disabled_cuda_hooks();
 // The same for MPS (at::detail::getMPSHooks(): torch.mps and torch._C._mps_* go through it).
 extern "C" bool torchdevice_register_mps_hooks();
 const char* install_mps_hooks();
+
+// For emulated cuda on the mps runner: MPS answers as absent, so emulated cuda is the only
+// accelerator; the real device keeps running the kernels (the runner initialized it).
+const char* install_disabled_mps_hooks();
 
 } // namespace torchdevice

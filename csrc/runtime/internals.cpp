@@ -15,6 +15,16 @@ struct TensorImplAccess : c10::TensorImpl {
   static constexpr auto device_opt = &TensorImplAccess::device_opt_;
 };
 
+// Moves a key set from its backend to `to`'s: backend bit and per-device autocast keys.
+c10::DispatchKeySet move_backend(c10::DispatchKeySet keys, c10::BackendComponent to) {
+  const auto from = keys.highestBackendKey();
+  if (from == to) return keys;
+  keys = keys.remove_backend(from) - c10::getAutocastRelatedKeySetFromBackend(from);
+  // Backend bits are shared by all functionality keys, so AutogradCPU becomes AutogradCUDA
+  // here too; autocast keys are per device type and are swapped explicitly.
+  return keys | c10::DispatchKeySet(to) | c10::getAutocastRelatedKeySetFromBackend(to);
+}
+
 c10::BackendComponent backend_of(c10::DeviceType type) {
   switch (type) {
     case c10::DeviceType::CUDA: return c10::BackendComponent::CUDABit;
@@ -27,26 +37,12 @@ c10::BackendComponent backend_of(c10::DeviceType type) {
 
 void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
   auto& keys = impl->*TensorImplAccess::key_set;
-  const auto from = keys.highestBackendKey();
-  const auto to = backend_of(device.type());
-  if (from != to) {
-    keys = keys.remove_backend(from) - c10::getAutocastRelatedKeySetFromBackend(from);
-    // Backend bits are shared by all functionality keys, so AutogradCPU becomes AutogradCUDA
-    // here too; autocast keys are per device type and are swapped explicitly.
-    keys = keys | c10::DispatchKeySet(to) | c10::getAutocastRelatedKeySetFromBackend(to);
-  }
+  keys = move_backend(keys, backend_of(device.type()));
   impl->*TensorImplAccess::device_opt = device;
 }
 
-void copy_keys_to_cpu(c10::TensorImpl* standin, const c10::TensorImpl* original) {
-  auto keys = original->*TensorImplAccess::key_set;
-  const auto from = keys.highestBackendKey();
-  const auto to = c10::BackendComponent::CPUBit;
-  if (from != to) {
-    keys = keys.remove_backend(from) - c10::getAutocastRelatedKeySetFromBackend(from);
-    keys = keys | c10::DispatchKeySet(to) | c10::getAutocastRelatedKeySetFromBackend(to);
-  }
-  standin->*TensorImplAccess::key_set = keys;
+void copy_keys_to_backend(c10::TensorImpl* standin, const c10::TensorImpl* original, c10::DeviceType runner) {
+  standin->*TensorImplAccess::key_set = move_backend(original->*TensorImplAccess::key_set, backend_of(runner));
 }
 
 void adopt_hooks_vtable(const at::AcceleratorHooksInterface& live, const at::AcceleratorHooksInterface& replacement) {

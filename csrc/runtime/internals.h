@@ -23,10 +23,10 @@ namespace torchdevice::internals {
 // autocast keys change; autograd/conj/neg/zero-tensor keys stay. The storage is untouched.
 void relabel_tensor(c10::TensorImpl* impl, c10::Device device);
 
-// Gives `standin` (a CPU tensor over `original`'s memory) the dispatch keys `original` has,
-// moved to the CPU backend: conj/neg/ZeroTensor bits and, in inference mode, the autograd keys
-// (a stand-in of a normal tensor stays a normal tensor, so views of it are normal too).
-void copy_keys_to_cpu(c10::TensorImpl* standin, const c10::TensorImpl* original);
+// Gives `standin` (a runner tensor over `original`'s memory) the dispatch keys `original` has,
+// moved to the runner's backend: conj/neg/ZeroTensor bits and, in inference mode, the autograd
+// keys (a stand-in of a normal tensor stays a normal tensor, so views of it are normal too).
+void copy_keys_to_backend(c10::TensorImpl* standin, const c10::TensorImpl* original, c10::DeviceType runner);
 
 // Turns a live hooks object (CUDA or MPS) into `replacement`'s dynamic type by copying its
 // vtable pointer. Used only when torch created its hooks before torchdevice could register its

@@ -6,6 +6,7 @@
 #include "runtime/device.h"
 #include "runtime/generator.h"
 #include "runtime/internals.h"
+#include "runtime/runner.h"
 
 #include <ATen/detail/MPSHooksInterface.h>
 
@@ -61,7 +62,7 @@ struct EmulatedMPSHooks final : at::MPSHooksInterface {
   c10::Device getDeviceFromPtr(void* /*data*/) const override { return c10::Device(kMPS, 0); }
 
   // Synchronous execution: there is never queued work to wait for or commit.
-  void deviceSynchronize() const override {}
+  void deviceSynchronize() const override { runner_for(c10::DeviceType::MPS).synchronize(0); }
   void commitStream() const override {}
   void* getCommandBuffer() const override { return nullptr; }
   void* getDispatchQueue() const override { return nullptr; }
@@ -115,6 +116,19 @@ struct EmulatedMPSHooks final : at::MPSHooksInterface {
 static_assert(sizeof(EmulatedMPSHooks) == sizeof(at::MPSHooksInterface),
               "EmulatedMPSHooks must stay data-free (see internals::adopt_hooks_vtable)");
 
+// MPS switched off, for a process whose accelerator is emulated cuda on the mps runner: one
+// accelerator type per process (at::accelerator::getAccelerator(), which backward() asks too).
+// MPS kernels keep working: they reach the device directly, not through these hooks, and the
+// runner initialized it before the switch (Runner::prepare).
+struct DisabledMPSHooks final : at::MPSHooksInterface {
+  bool isBuilt() const override { return false; }
+  bool isAvailable() const override { return false; }
+  bool hasMPS() const override { return false; }
+  c10::DeviceIndex deviceCount() const override { return 0; }
+};
+static_assert(sizeof(DisabledMPSHooks) == sizeof(at::MPSHooksInterface),
+              "DisabledMPSHooks must stay data-free (see internals::adopt_hooks_vtable)");
+
 std::atomic<bool> g_registered{false};
 
 bool is_ours(const at::MPSHooksInterface& hooks) {
@@ -130,6 +144,17 @@ extern "C" bool torchdevice_register_mps_hooks() {
         c10::REGISTRY_PREFERRED);
   }
   return true;
+}
+
+const char* install_disabled_mps_hooks() {
+  const auto& live = at::detail::getMPSHooks();
+  TORCH_CHECK(!is_ours(live), "torchdevice: mps is emulated in this process; it cannot also be switched off");
+  if (dynamic_cast<const DisabledMPSHooks*>(&live) == nullptr) {
+    static const DisabledMPSHooks replacement;
+    internals::adopt_hooks_vtable(live, replacement);
+  }
+  TORCH_CHECK(!at::detail::getMPSHooks().hasMPS(), "torchdevice: could not switch off this torch build's MPS hooks");
+  return "vtable";
 }
 
 const char* install_mps_hooks() {

@@ -1,8 +1,10 @@
 // C++ checks of the native core without Python: guard, allocator counters, factories, an op
 // through the fallback and copies. Run by ctest; exits non-zero on the first failure.
 #include "activate.h"
+#include "dispatch/standin.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
+#include "runtime/runner.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -100,6 +102,43 @@ void test_copies() {
   EXPECT(at::equal((d0 + at::scalar_tensor(2.0)).cpu(), a + 2));
 }
 
+void test_runner_choice() {
+  const auto kMPS = c10::DeviceType::MPS;
+  EXPECT(torchdevice::runner_for(kCUDA).is_cpu());
+  // Chosen once: cuda already runs on the cpu runner.
+  EXPECT(throws([] { torchdevice::set_runner(kCUDA, c10::DeviceType::MPS); }));
+  torchdevice::set_runner(kCUDA, c10::DeviceType::CPU);  // the same choice again is fine
+  // A device cannot run itself; the mps runner is built only on macOS; the cuda runner needs a GPU.
+  EXPECT(throws([&] { torchdevice::set_runner(kMPS, kMPS); }));
+#if !defined(__APPLE__)
+  EXPECT(throws([] { delete torchdevice::make_mps_runner(); }));
+#endif
+  EXPECT(throws([&] { torchdevice::set_runner(kMPS, kCUDA); }) ||
+         at::globalContext().getAcceleratorHooksInterface(kCUDA).isAvailable());
+  EXPECT(torchdevice::runner_for(kMPS).is_cpu());
+}
+
+void test_standins_follow_the_runner() {
+  // A device runner's stand-in is a tensor of the runner's type over the same memory. (Built
+  // here with the runner type equal to the emulated one, the only device type this machine has
+  // an allocator for; the stand-in must still take key, device and allocator from the runner.)
+  const torchdevice::Runner device_runner(kCUDA);
+  auto t = at::arange(24, at::TensorOptions().device(c10::Device(kCUDA, 1))).view({4, 6}).narrow(1, 2, 3);
+  torchdevice::dispatch::StandIns standins(device_runner);
+  at::Tensor standin = standins.make(t);
+  EXPECT(standin.key_set().has_backend(c10::BackendComponent::CUDABit));
+  EXPECT(standin.device() == device_runner.device_for(1));
+  EXPECT(standin.data_ptr() == t.data_ptr());
+  EXPECT(standin.sizes() == t.sizes() && standin.strides() == t.strides());
+  EXPECT(standin.storage_offset() == t.storage_offset());
+  EXPECT(standin.storage().allocator() == device_runner.allocator());
+  EXPECT(standins.original_of(standin.unsafeGetTensorImpl()) == &t);
+
+  torchdevice::dispatch::StandIns host_standins;  // the cpu runner
+  at::Tensor host = host_standins.make(t);
+  EXPECT(host.device().is_cpu() && host.data_ptr() == t.data_ptr());
+}
+
 } // namespace
 
 int main() {
@@ -110,6 +149,8 @@ int main() {
       {"factory", test_factory},
       {"op_matches_cpu", test_op_matches_cpu},
       {"copies", test_copies},
+      {"runner_choice", test_runner_choice},
+      {"standins_follow_the_runner", test_standins_follow_the_runner},
   };
   int failed_tests = 0;
   for (const auto& [name, fn] : tests) {

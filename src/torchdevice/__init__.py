@@ -60,7 +60,7 @@ def _activate() -> None:
         return
     from torchdevice import _C
 
-    activation.update(_C.activate(plan.emulated[0], plan.device_count))
+    activation.update(_C.activate(plan.emulated[0], plan.device_count, plan.runner))
     if plan.emulated[0] == "mps":
         from torchdevice.shims import mps as _mps_shims
 

@@ -728,9 +728,19 @@ def collect(report: Report, exit_status: int | None = None) -> dict[str, Any]:
         "call_sites": call_sites,
         "apis": dict(sorted(apis.items(), key=lambda kv: (-kv[1], kv[0]))),
         "census": _census_data(report),
+        "runner_cpu_fallbacks": _runner_cpu_fallbacks(plan),
         "unfaithful": [{"topic": t, "message": m} for t, m in unfaithful_topics().items()],
     }
     return data
+
+
+def _runner_cpu_fallbacks(plan: Any) -> dict[str, int]:
+    """Calls of ops the runner has no kernel for, which ran on the CPU (always empty on the cpu runner)."""
+    if plan is None or not plan.emulated:
+        return {}
+    from torchdevice import _C
+
+    return dict(sorted(_C.runner_census(plan.emulated[0]).items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _census_data(report: Report) -> dict[str, Any]:
@@ -906,6 +916,10 @@ def format_text(data: dict[str, Any], path: str | None = None, cwd: str | None =
     for device, mem in (census.get("memory") or {}).items():
         lines.append(f"  memory {device}: {_bytes(mem['allocated_bytes'])} allocated in {mem['allocations']} allocations, "
                      f"peak {_bytes(mem['peak_bytes'])}, {_bytes(mem['current_bytes'])} in use at the end")
+    fallbacks = data.get("runner_cpu_fallbacks") or {}
+    if fallbacks:
+        lines.append(f"ops the {plan.get('runner', '?')} runner has no kernel for, run on the CPU: "
+                     + ", ".join(f"{op} x{count}" for op, count in fallbacks.items()))
     for item in data.get("unfaithful") or []:
         lines.append(f"not emulated faithfully: {item['message']}")
     if path is not None:

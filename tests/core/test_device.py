@@ -64,6 +64,33 @@ def test_plan_auto_with_a_real_gpu_emulates_nothing(monkeypatch):
     assert not plan.emulates_cuda
 
 
+@pytest.mark.parametrize("backend", ["auto", "cuda"])
+def test_plan_mps_code_on_a_real_gpu_uses_the_cuda_runner(monkeypatch, backend):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", backend)
+    monkeypatch.setenv("TORCHDEVICE_EMULATE", "mps")
+    monkeypatch.setattr(device, "torch_has_cuda_build", lambda: True)
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 2)
+    assert device.plan() == device.Plan(backend, "cuda", ("mps",), 1)
+
+
+@pytest.mark.parametrize("backend", ["auto", "mps"])
+def test_plan_cuda_code_on_apple_silicon_uses_the_mps_runner(monkeypatch, backend):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", backend)
+    monkeypatch.delenv("TORCHDEVICE_EMULATE", raising=False)
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(device, "real_mps_available", lambda: True)
+    assert device.plan() == device.Plan(backend, "mps", ("cuda",), 1)
+
+
+@pytest.mark.parametrize("backend", ["auto", "mps"])
+def test_plan_mps_code_on_apple_silicon_emulates_nothing(monkeypatch, backend):
+    monkeypatch.setenv("TORCH_DEVICE_BACKEND", backend)
+    monkeypatch.setenv("TORCHDEVICE_EMULATE", "mps")
+    monkeypatch.setattr(device, "real_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(device, "real_mps_available", lambda: True)
+    assert device.plan() == device.Plan(backend, "mps", (), 0)
+
+
 def test_plan_mps_without_apple_silicon(monkeypatch):
     monkeypatch.setenv("TORCH_DEVICE_BACKEND", "mps")
     monkeypatch.setattr(device, "real_mps_available", lambda: False)

@@ -140,13 +140,13 @@ def plan() -> Plan:
     if backend == "auto":
         if torch_has_cuda_build() and real_cuda_device_count() > 0:
             if emulate == "mps":
-                backend = "cuda"  # refused below with the reason
-            else:
-                return Plan("auto", "cuda", (), 0)
-        elif real_mps_available():
-            backend = "mps"
-        else:
-            return _cpu_plan("auto", emulate)
+                return Plan("auto", "cuda", ("mps",), 1)
+            return Plan("auto", "cuda", (), 0)
+        if real_mps_available():
+            if emulate == "mps":
+                return Plan("auto", "mps", (), 0)
+            return Plan("auto", "mps", ("cuda",), emulated_device_count())
+        return _cpu_plan("auto", emulate)
     if backend == "cpu":
         return _cpu_plan("cpu", emulate)
     if backend == "mps":
@@ -155,7 +155,11 @@ def plan() -> Plan:
                 "TORCH_DEVICE_BACKEND=mps runs kernels on Apple's MPS, which this machine does not have; "
                 "use TORCH_DEVICE_BACKEND=cpu (or auto) here"
             )
-        raise NotImplementedError("the MPS runner is not part of this build of torchdevice yet")
+        if emulate == "mps":
+            # A Mac runs mps code natively.
+            return Plan("mps", "mps", (), 0)
+        # The mps runner: CUDA-written code on Apple's GPU.
+        return Plan("mps", "mps", ("cuda",), emulated_device_count())
     # backend == "cuda": kernels on a real NVIDIA GPU; nothing to emulate for CUDA itself.
     if not (torch_has_cuda_build() and real_cuda_device_count() > 0):
         raise RuntimeError(
@@ -163,8 +167,6 @@ def plan() -> Plan:
             "use TORCH_DEVICE_BACKEND=cpu (or auto) here"
         )
     if emulate == "mps":
-        raise NotImplementedError(
-            "emulating mps on a real NVIDIA GPU (the CUDA runner) is not part of this build of torchdevice yet; "
-            "TORCH_DEVICE_BACKEND=cpu TORCHDEVICE_EMULATE=mps runs mps code on the CPU"
-        )
+        # The cuda runner: MPS-written code on an NVIDIA GPU (Apple's MPS has one device).
+        return Plan("cuda", "cuda", ("mps",), 1)
     return Plan("cuda", "cuda", (), 0)

@@ -74,10 +74,12 @@ def apply_patches() -> None:
         _C.check_device(_TYPE, int(peer_device))
         return device != peer_device
 
-    # Synchronous execution: every kernel has finished by the time a call returns.
+    # The runner's queue (cpu runner: synchronous, nothing to wait for).
     @patch(C, "_cuda_synchronize", owner=OWNER)
     def _cuda_synchronize() -> None:
-        _C.check_device(_TYPE, _C.current_device(_TYPE))
+        index = _C.current_device(_TYPE)
+        _C.check_device(_TYPE, index)
+        _C.synchronize(_TYPE, index)
 
     @patch(C, "_cuda_sleep", owner=OWNER)
     def _cuda_sleep(cycles: int) -> None:

@@ -145,8 +145,9 @@ def apply_patches() -> None:
 
     @patch(cuda, "synchronize", owner=OWNER)
     def synchronize(device: Any = None) -> None:
-        # Kernels run synchronously on the host: every queued operation has finished already.
-        _checked_index(device)
+        # On the cpu runner kernels are synchronous and this returns at once; a device runner
+        # (mps) queues them, and this waits for its queue.
+        _C.synchronize(_TYPE, _checked_index(device))
 
     @patch(cuda, "get_device_properties", owner=OWNER)
     def get_device_properties(device: Any = None) -> EmulatedDeviceProperties:
