@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/detail/MPSHooksInterface.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
@@ -50,11 +51,8 @@ Slot& slot_of(c10::DeviceType emulated) {
 
 } // namespace
 
-Runner::Runner(c10::DeviceType type) : type_(type), key_(key_of(type)) {}
-
-c10::Allocator* Runner::allocator() const {
-  return is_cpu() ? nullptr : c10::GetAllocator(type_);
-}
+Runner::Runner(c10::DeviceType type, c10::Allocator* allocator)
+    : type_(type), key_(key_of(type)), allocator_(allocator) {}
 
 void Runner::synchronize(c10::DeviceIndex emulated_index) const {
   if (is_cpu()) return;
@@ -81,6 +79,10 @@ void Runner::prepare() {
   auto& context = at::globalContext();
   context.lazyInitDevice(type_);  // the real device's allocator and streams come up here
   const auto& hooks = context.getAcceleratorHooksInterface(type_);
+  // MPS's allocator is reached through its hooks (the c10 table need not hold it); CUDA's
+  // caching allocator is in the table.
+  allocator_ = type_ == c10::DeviceType::MPS ? at::detail::getMPSHooks().getMPSDeviceAllocator()
+                                              : c10::GetAllocator(type_);
   for (c10::DeviceIndex i = 0; i < hooks.deviceCount(); ++i) {
     default_generators_.push_back(hooks.getDefaultGenerator(i));
   }

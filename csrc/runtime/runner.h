@@ -25,7 +25,8 @@ namespace torchdevice {
 
 class Runner {
  public:
-  explicit Runner(c10::DeviceType type);
+  // `allocator`: the device runner's memory (prepare() finds it for a real device).
+  explicit Runner(c10::DeviceType type, c10::Allocator* allocator = nullptr);
   virtual ~Runner() = default;
 
   c10::DeviceType type() const { return type_; }
@@ -38,7 +39,7 @@ class Runner {
   }
   // Where emulated memory really comes from (nullptr for cpu: the emulated allocator then keeps
   // its own header-tagged host blocks, the cheapest way to count bytes).
-  c10::Allocator* allocator() const;
+  c10::Allocator* allocator() const { return allocator_; }
   // Waits for the work queued on the runner device (a no-op on cpu, whose kernels are synchronous).
   void synchronize(c10::DeviceIndex emulated_index) const;
   // A new generator random kernels of this runner accept, for emulated device `emulated_index`.
@@ -75,6 +76,7 @@ class Runner {
   c10::DeviceType type_;
   c10::DispatchKey key_;
   std::vector<at::Generator> default_generators_;  // per runner device index
+  c10::Allocator* allocator_ = nullptr;
 };
 
 // The cpu runner (what fast paths and tests use directly).

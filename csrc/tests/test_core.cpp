@@ -7,6 +7,7 @@
 #include "runtime/runner.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <cstdio>
@@ -122,7 +123,8 @@ void test_standins_follow_the_runner() {
   // A device runner's stand-in is a tensor of the runner's type over the same memory. (Built
   // here with the runner type equal to the emulated one, the only device type this machine has
   // an allocator for; the stand-in must still take key, device and allocator from the runner.)
-  const torchdevice::Runner device_runner(kCUDA);
+  c10::Allocator* runner_memory = c10::GetCPUAllocator();
+  const torchdevice::Runner device_runner(kCUDA, runner_memory);
   auto t = at::arange(24, at::TensorOptions().device(c10::Device(kCUDA, 1))).view({4, 6}).narrow(1, 2, 3);
   torchdevice::dispatch::StandIns standins(device_runner);
   at::Tensor standin = standins.make(t);
@@ -131,7 +133,7 @@ void test_standins_follow_the_runner() {
   EXPECT(standin.data_ptr() == t.data_ptr());
   EXPECT(standin.sizes() == t.sizes() && standin.strides() == t.strides());
   EXPECT(standin.storage_offset() == t.storage_offset());
-  EXPECT(standin.storage().allocator() == device_runner.allocator());
+  EXPECT(standin.storage().allocator() == runner_memory);
   EXPECT(standins.original_of(standin.unsafeGetTensorImpl()) == &t);
 
   torchdevice::dispatch::StandIns host_standins;  // the cpu runner
