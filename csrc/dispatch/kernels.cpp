@@ -10,6 +10,7 @@
 #include <ATen/ops/_softmax_backward_data_ops.h>
 #include <ATen/ops/_softmax_ops.h>
 #include <ATen/ops/_to_copy_native.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/copy_ops.h>
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
@@ -144,6 +145,21 @@ at::Tensor pin_memory_of_device_tensor(const at::Tensor& self, std::optional<at:
               c10::toString(self.scalar_type()), "Tensor' only dense CPU tensors can be pinned");
 }
 
+// _lazy_clone gives a copy-on-write alias on CPU and CUDA. An emulated storage cannot join a
+// copy-on-write group (its memory is shared with stand-ins, which bypass COW materialization), so
+// the copy happens now; the result is what a materialized lazy clone is: a new storage of the same
+// size, with the same sizes, strides, offset and conj/neg bits.
+at::Tensor lazy_clone(const at::Tensor& self) {
+  const auto nbytes = static_cast<int64_t>(self.storage().nbytes());
+  const auto bytes = self.options().dtype(at::kByte);
+  at::Tensor source = at::empty({0}, bytes).set_(self.storage(), 0, {nbytes}, {1});
+  at::Tensor copy = at::empty({nbytes}, bytes).copy_(source);
+  at::Tensor out = at::empty({0}, self.options()).set_(copy.storage(), self.storage_offset(), self.sizes(), self.strides());
+  out._set_conj(self.is_conj());
+  out._set_neg(self.is_neg());
+  return out;
+}
+
 bool is_pinned_device_tensor(const at::Tensor& /*self*/, std::optional<at::Device> /*device*/) {
   return false;
 }
@@ -155,7 +171,7 @@ const std::vector<std::string>& explicit_kernel_names() {
       "empty.memory_format", "empty_strided", "copy_", "resize_",
       "set_.source_Storage", "set_.source_Storage_storage_offset", "set_.source_Tensor", "set_",
       "record_stream", "_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
-      "_pin_memory", "is_pinned", "_to_copy"};
+      "_pin_memory", "is_pinned", "_to_copy", "_lazy_clone"};
   return names;
 }
 
@@ -176,6 +192,7 @@ void register_kernels(torch::Library& lib) {
   lib.impl("_log_softmax_backward_data", TORCH_FN(log_softmax_backward));
   lib.impl("_pin_memory", TORCH_FN(pin_memory_of_device_tensor));
   lib.impl("is_pinned", TORCH_FN(is_pinned_device_tensor));
+  lib.impl("_lazy_clone", TORCH_FN(lazy_clone));
   // The composite, as on a GPU: a non_blocking copy to the host lands in pinned memory, and
   // device-to-device copies go through empty + copy_ on the target device.
   lib.impl("_to_copy", TORCH_FN(at::native::_to_copy));

@@ -82,3 +82,17 @@ def test_to_other_device_and_back():
     x = torch.randn(3)
     assert torch.equal(x.cuda().cpu(), x)
     assert x.to("cuda", torch.float64).dtype == torch.float64
+
+
+def test_lazy_clone_is_a_materialized_copy():
+    """torch._lazy_clone (copy-on-write on CPU and CUDA) gives CPU's sizes, strides and offset, and its own memory."""
+    host = torch.arange(12.0).view(3, 4)[:, 1:]
+    expected = torch._lazy_clone(host)
+    original = torch.arange(12.0, device="cuda").view(3, 4)[:, 1:]
+    clone = torch._lazy_clone(original)
+    assert clone.is_cuda
+    assert (clone.shape, clone.stride(), clone.storage_offset()) == (expected.shape, expected.stride(), expected.storage_offset())
+    assert clone.untyped_storage().nbytes() == expected.untyped_storage().nbytes()
+    assert torch.equal(clone.cpu(), expected)
+    original.fill_(-1)
+    assert torch.equal(clone.cpu(), expected)
