@@ -187,7 +187,7 @@ void register_fast_paths() {
                // reductions
                ops::sum, ops::sum_dim_IntList, ops::mean_dim, ops::amax,
                // fills and copies
-               ops::fill__Scalar, ops::zero_, ops::clone,
+               ops::fill__Scalar, ops::clone,
                // optimizers
                ops::_foreach_add__List, ops::_foreach_add__Scalar, ops::_foreach_mul__Scalar, ops::_foreach_mul__List,
                ops::_foreach_mul__Tensor, ops::_foreach_lerp__Scalar, ops::_foreach_addcmul__Scalar,

@@ -5,6 +5,7 @@
 #include "runtime/device.h"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/TensorIterator.h>
 #include <ATen/ops/_log_softmax_backward_data_ops.h>
 #include <ATen/ops/_log_softmax_ops.h>
 #include <ATen/ops/_softmax_backward_data_ops.h>
@@ -12,6 +13,7 @@
 #include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/copy_ops.h>
+#include <ATen/ops/zero_ops.h>
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
 #include <c10/core/DeviceGuard.h>
@@ -24,6 +26,18 @@ constexpr c10::DispatchKey dispatch_key() {
   return kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
 }
 
+// Makes `device` current while it lives: the allocator serves the current device, as CUDA's
+// does. Costs nothing when `device` already is current (a guard would still swap it twice).
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(c10::Device device) {
+    if (device.index() != current_device(device.type())) guard_.reset_device(device);
+  }
+
+ private:
+  c10::OptionalDeviceGuard guard_;
+};
+
 template <c10::DeviceType kType>
 at::Tensor empty_memory_format(c10::SymIntArrayRef size, std::optional<at::ScalarType> dtype,
                                std::optional<at::Layout> layout, std::optional<at::Device> device,
@@ -33,7 +47,7 @@ at::Tensor empty_memory_format(c10::SymIntArrayRef size, std::optional<at::Scala
               c10::DeviceTypeName(kType, true), ", got layout ", *layout);
   const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
   check_dtype_supported(kType, c10::dtype_or_default(dtype));
-  c10::DeviceGuard guard(dev);  // the allocator serves the current device, as CUDA's does
+  const CurrentDevice current(dev);
   return at::detail::empty_generic(C10_AS_INTARRAYREF_SLOW(size), &allocator_for(kType),
                                    c10::DispatchKeySet(dispatch_key<kType>()),
                                    c10::dtype_or_default(dtype), memory_format);
@@ -48,7 +62,7 @@ at::Tensor empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, s
               c10::DeviceTypeName(kType, true), ", got layout ", *layout);
   const c10::Device dev = resolve_device(device.value_or(c10::Device(kType)));
   check_dtype_supported(kType, c10::dtype_or_default(dtype));
-  c10::DeviceGuard guard(dev);
+  const CurrentDevice current(dev);
   return at::detail::empty_strided_generic(C10_AS_INTARRAYREF_SLOW(size), C10_AS_INTARRAYREF_SLOW(stride),
                                            &allocator_for(kType), c10::DispatchKeySet(dispatch_key<kType>()),
                                            c10::dtype_or_default(dtype));
@@ -64,6 +78,26 @@ at::Tensor& copy_(at::Tensor& self, const at::Tensor& src, bool non_blocking) {
   at::Tensor self_on_runner = self.device().type() == kType ? standins.make(self) : self;
   const at::Tensor src_on_runner = src.device().type() == kType ? standins.make(src) : src;
   at::_ops::copy_::redispatch(c10::DispatchKeySet(runner.key()), self_on_runner, src_on_runner, non_blocking);
+  return self;
+}
+
+// torch.zeros(..., device=) ends here. CPU's zero_ clears a small dense tensor with one memset
+// (at::native::zero_, below the grain size); on the cpu runner the emulated memory is host
+// memory, so the same memset runs on it directly instead of on a stand-in. Other tensors and
+// runners take the runner's kernel, which decides as CPU (or the GPU) does.
+template <c10::DeviceType kType>
+at::Tensor& zero_(at::Tensor& self) {
+  const Runner& runner = runner_for(kType);
+  const int64_t numel = self.numel();
+  if (runner.is_cpu() && numel < at::internal::GRAIN_SIZE && self.is_non_overlapping_and_dense()) {
+    if (void* data = self.mutable_data_ptr(); data != nullptr && numel > 0) {
+      std::memset(data, 0, numel * self.itemsize());
+      return self;
+    }
+  }
+  StandIns standins(runner);
+  at::Tensor standin = standins.make(self);
+  at::_ops::zero_::redispatch(c10::DispatchKeySet(runner.key()), standin);
   return self;
 }
 
@@ -171,7 +205,7 @@ const std::vector<std::string>& explicit_kernel_names() {
       "empty.memory_format", "empty_strided", "copy_", "resize_",
       "set_.source_Storage", "set_.source_Storage_storage_offset", "set_.source_Tensor", "set_",
       "record_stream", "_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
-      "_pin_memory", "is_pinned", "_to_copy", "_lazy_clone"};
+      "_pin_memory", "is_pinned", "_to_copy", "_lazy_clone", "zero_"};
   return names;
 }
 
@@ -180,6 +214,7 @@ void register_kernels(torch::Library& lib) {
   lib.impl("empty.memory_format", TORCH_FN(empty_memory_format<kType>));
   lib.impl("empty_strided", TORCH_FN(empty_strided<kType>));
   lib.impl("copy_", TORCH_FN(copy_<kType>));
+  lib.impl("zero_", TORCH_FN(zero_<kType>));
   lib.impl("resize_", TORCH_FN(resize_));
   lib.impl("set_.source_Storage", TORCH_FN(at::native::set_));
   lib.impl("set_.source_Storage_storage_offset", TORCH_FN(set_storage));

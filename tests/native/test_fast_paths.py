@@ -87,3 +87,24 @@ def test_outputs_are_counted_and_released():
     assert torch.cuda.memory_allocated() == before + y.untyped_storage().nbytes()
     del y
     assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.parametrize(
+    "shape, view",
+    [
+        ((16,), lambda t: t),  # small and dense: one memset, as CPU's zero_ does
+        ((4, 6), lambda t: t.t()),  # dense but permuted
+        ((6, 8), lambda t: t[:, ::2]),  # strided: the CPU kernel on a stand-in
+        ((40000,), lambda t: t),  # past the grain size: fill_(0)
+        ((0,), lambda t: t),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.complex64])
+def test_zero_clears_exactly_what_cpu_clears(shape, view, dtype):
+    host = torch.arange(1, 1 + torch.Size(shape).numel()).view(shape).to(dtype)
+    device = host.cuda()
+    host_view, device_view = view(host), view(device)
+    version = device_view._version
+    assert device_view.zero_() is device_view and device_view._version == version + 1
+    host_view.zero_()
+    assert torch.equal(device.cpu(), host)  # the view's neighbours are untouched too
