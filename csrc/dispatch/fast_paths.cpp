@@ -24,7 +24,7 @@ class FastCall {
   // same devices. Each overload returns what the CPU kernel receives in the argument's place.
   at::Tensor lower(const at::Tensor& t) {
     if (!t.defined() || !devices_.note(t, [] { return false; })) return t;
-    return standins.make(t);
+    return standins.make_reused(t);
   }
   at::Tensor lower(at::Tensor& t) {  // in-place self / out=: the caller's tensor is returned
     at::Tensor standin = lower(static_cast<const at::Tensor&>(t));
@@ -38,7 +38,11 @@ class FastCall {
   std::vector<at::Tensor> lower(at::TensorList list) {
     std::vector<at::Tensor> lowered;
     lowered.reserve(list.size());
-    for (const at::Tensor& t : list) lowered.push_back(lower(t));
+    // Lists (foreach ops over all parameters) would cycle through the reuse cache without ever
+    // hitting it: their stand-ins are made fresh.
+    for (const at::Tensor& t : list) {
+      lowered.push_back(t.defined() && devices_.note(t, [] { return false; }) ? standins.make(t) : t);
+    }
     return lowered;
   }
   template <class T>

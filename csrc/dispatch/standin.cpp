@@ -7,6 +7,9 @@
 #include <c10/core/StorageImpl.h>
 #include <c10/core/TensorImpl.h>
 
+#include <array>
+#include <optional>
+
 namespace torchdevice::dispatch {
 namespace {
 
@@ -45,21 +48,119 @@ at::Tensor StandIns::make_owned(at::Tensor t) {
 
 at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
   const at::Tensor& t = borrowed ? *borrowed : owned;
-  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-  c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
-
-  c10::Storage storage;
-  for (const auto& e : storages_) {
-    if (e.original == original) {
-      storage = e.standin;
-      break;
-    }
-  }
+  c10::StorageImpl* original = t.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
+  c10::Storage storage = shared_storage(original, c10::Storage());
   if (!storage) {
     storage = standin_storage(original);
     storages_.push_back({original, storage});
   }
+  at::Tensor result = build(t, std::move(storage));
+  tensors_.push_back({result, borrowed, std::move(owned)});
+  return result;
+}
 
+// The stand-in storage this call already uses for `original` (stand-ins of tensors that share a
+// storage must share one, so the kernel's overlap and aliasing checks see what CUDA would); else
+// `candidate` is recorded as that storage and returned.
+c10::Storage StandIns::shared_storage(c10::StorageImpl* original, const c10::Storage& candidate) {
+  for (const auto& e : storages_) {
+    if (e.original == original) return e.standin;
+  }
+  if (candidate) storages_.push_back({original, candidate});
+  return candidate;
+}
+
+namespace {
+
+// Stand-ins reused across fast-path calls, per thread: building one (a TensorImpl and a
+// StorageImpl with their metadata) is most of what a small emulated op costs over its CPU
+// kernel. An entry is used again only when nothing else holds it and it still describes its
+// original exactly (storage, bytes, dtype, sizes, strides, offset); keys and version counter are
+// refreshed on every use. It keeps no memory alive: its storage does not own the bytes, and it
+// knows the original storage through a weak reference, which also keeps that address from being
+// reused by another storage while the entry exists.
+struct ReusedStandIn {
+  const c10::TensorImpl* original = nullptr;  // lookup key; everything else is re-checked
+  c10::DispatchKeySet original_keys;          // what the stand-in's keys were derived from
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> original_storage;
+  at::Tensor standin;
+};
+struct ReusedStandIns {
+  std::array<ReusedStandIn, 8> entries;
+  size_t next = 0;
+};
+thread_local ReusedStandIns t_reused;
+
+bool still_describes(const ReusedStandIn& e, const c10::TensorImpl* impl) {
+  const c10::TensorImpl* s = e.standin.unsafeGetTensorImpl();
+  const c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
+  const c10::StorageImpl* storage = s->storage().unsafeGetStorageImpl();
+  return e.standin.use_count() == 1 && e.original_storage->_unsafe_get_target() == original &&
+         storage->data_ptr().get() == original->data_ptr().get() && storage->nbytes() == original->nbytes() &&
+         storage->resizable() == original->resizable() && s->dtype() == impl->dtype() &&
+         s->storage_offset() == impl->storage_offset() && s->sizes() == impl->sizes() &&
+         s->strides() == impl->strides();
+}
+
+} // namespace
+
+at::Tensor StandIns::make_reused(const at::Tensor& t) {
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  if (!runner_->is_cpu() || !impl->has_storage()) return make(t);
+  c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
+
+  ReusedStandIn* slot = nullptr;
+  for (auto& e : t_reused.entries) {
+    if (e.original == impl) {
+      slot = &e;
+      break;
+    }
+  }
+  at::Tensor standin;
+  if (slot && still_describes(*slot, impl)) {
+    standin = slot->standin;
+    c10::TensorImpl* s = standin.unsafeGetTensorImpl();
+    if (impl->key_set() != slot->original_keys) {  // a conj/neg bit or inference mode changed
+      internals::copy_keys_to_backend(s, impl, c10::DeviceType::CPU);
+      slot->original_keys = impl->key_set();
+    }
+    if (!impl->is_inference()) s->set_version_counter(impl->version_counter());
+    // Another stand-in of this call may already stand for the same storage.
+    bool seen = false;
+    for (const auto& e : storages_) {
+      if (e.original != original) continue;
+      if (e.standin.unsafeGetStorageImpl() != s->storage().unsafeGetStorageImpl()) s->set_storage_keep_dtype(e.standin);
+      seen = true;
+      break;
+    }
+    if (!seen) storages_.push_back({original, s->storage()});
+  } else {
+    if (!slot) {
+      slot = &t_reused.entries[t_reused.next];
+      t_reused.next = (t_reused.next + 1) % t_reused.entries.size();
+    }
+    c10::Storage storage = shared_storage(original, c10::Storage());
+    if (!storage) {
+      // Not owning: the caller holds the original for the call, and the entry must not keep
+      // its memory alive afterwards.
+      storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
+          c10::StorageImpl::use_byte_size_t(), original->nbytes(),
+          c10::DataPtr(const_cast<void*>(original->data_ptr().get()), c10::Device(c10::DeviceType::CPU)),
+          c10::GetCPUAllocator(), original->resizable()));
+      shared_storage(original, storage);
+    }
+    standin = build(t, std::move(storage));
+    slot->original = impl;
+    slot->original_keys = impl->key_set();
+    slot->original_storage.emplace(impl->storage().getWeakStorageImpl());
+    slot->standin = standin;
+  }
+  tensors_.push_back({standin, &t, at::Tensor()});
+  return standin;
+}
+
+at::Tensor StandIns::build(const at::Tensor& t, c10::Storage storage) const {
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   auto standin = c10::make_intrusive<c10::TensorImpl>(
       std::move(storage), c10::DispatchKeySet(runner_->key()), t.dtype());
   standin->set_sizes_and_strides(impl->sizes(), impl->strides(), impl->storage_offset());
@@ -72,9 +173,7 @@ at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
     // count against the original, as they would on a GPU.
     standin->set_version_counter(impl->version_counter());
   }
-  at::Tensor result(std::move(standin));
-  tensors_.push_back({result, borrowed, std::move(owned)});
-  return result;
+  return at::Tensor(std::move(standin));
 }
 
 const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {

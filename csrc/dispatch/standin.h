@@ -23,6 +23,10 @@ class StandIns {
   at::Tensor make(const at::Tensor& t);
   // make() for a tensor the caller cannot keep alive (a boxed stack slot about to be replaced).
   at::Tensor make_owned(at::Tensor t);
+  // make() that may reuse this thread's stand-in of `t` from an earlier call (cpu runner only).
+  // For kernels that keep no reference to their arguments after returning (the fast paths):
+  // a reused stand-in does not keep the original's memory alive by itself.
+  at::Tensor make_reused(const at::Tensor& t);
 
   // The original tensor whose stand-in is `impl`, or nullptr.
   const at::Tensor* original_of(const c10::TensorImpl* impl) const;
@@ -48,6 +52,8 @@ class StandIns {
     const at::Tensor& original() const { return borrowed ? *borrowed : owned; }
   };
   at::Tensor add(const at::Tensor* borrowed, at::Tensor owned);
+  at::Tensor build(const at::Tensor& t, c10::Storage storage) const;
+  c10::Storage shared_storage(c10::StorageImpl* original, const c10::Storage& candidate);
   c10::Storage standin_storage(c10::StorageImpl* original) const;
   const Runner* runner_;
   c10::SmallVector<StorageEntry, 4> storages_;

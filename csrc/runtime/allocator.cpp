@@ -79,7 +79,7 @@ EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex d
 
 void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   const double limit = d.fraction * static_cast<double>(total_memory_);  // may be +inf (no limit)
   const auto in_use = d.bytes[0].current;
   if (C10_UNLIKELY(static_cast<double>(in_use + static_cast<int64_t>(nbytes)) > limit)) {
@@ -103,7 +103,7 @@ void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
 
 void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   for (size_t pool : pools_of(nbytes)) {
     d.blocks[pool].decrease(1);
     d.bytes[pool].decrease(nbytes);
@@ -162,7 +162,7 @@ c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c
 
 c10::CachingDeviceAllocator::DeviceStats EmulatedAllocator::getDeviceStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   c10::CachingDeviceAllocator::DeviceStats s;
   s.allocation = s.segment = s.active = d.blocks;
   s.allocated_bytes = s.reserved_bytes = s.active_bytes = s.requested_bytes = d.bytes;
@@ -174,7 +174,7 @@ c10::CachingDeviceAllocator::DeviceStats EmulatedAllocator::getDeviceStats(c10::
 
 void EmulatedAllocator::resetAccumulatedStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   for (auto* stats : {&d.blocks, &d.bytes}) {
     for (auto& stat : *stats) stat.reset_accumulated();
   }
@@ -185,7 +185,7 @@ void EmulatedAllocator::resetAccumulatedStats(c10::DeviceIndex device) {
 
 void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   for (auto* stats : {&d.blocks, &d.bytes}) {
     for (auto& stat : *stats) stat.reset_peak();
   }
@@ -193,7 +193,7 @@ void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
 
 std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   const auto used = static_cast<size_t>(d.bytes[0].current);
   return {total_memory_ - std::min(total_memory_, used), total_memory_};
 }
@@ -206,19 +206,19 @@ void EmulatedAllocator::set_memory_fraction(double fraction, c10::DeviceIndex de
   // Same checks and wording as torch.cuda.set_per_process_memory_fraction.
   TORCH_CHECK(0 <= fraction && fraction <= 1, "invalid fraction:", fraction, ". Please set within [0, 1].");
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   d.fraction = fraction;
 }
 
 void EmulatedAllocator::set_limit_ratio(double ratio, c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   d.fraction = ratio;
 }
 
 double EmulatedAllocator::memory_fraction(c10::DeviceIndex device) {
   auto& d = device_state(device);
-  std::lock_guard<std::mutex> lock(d.mutex);
+  std::lock_guard<StatLock> lock(d.mutex);
   return d.fraction;
 }
 
