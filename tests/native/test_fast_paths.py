@@ -108,3 +108,45 @@ def test_zero_clears_exactly_what_cpu_clears(shape, view, dtype):
     assert device_view.zero_() is device_view and device_view._version == version + 1
     host_view.zero_()
     assert torch.equal(device.cpu(), host)  # the view's neighbours are untouched too
+
+
+def test_reused_stand_ins_keep_no_memory_alive():
+    """Fast paths reuse their stand-ins across calls; a freed tensor's memory is still freed."""
+    before = torch.cuda.memory_allocated()
+    x = torch.ones(1 << 18, device="cuda")
+    for _ in range(3):
+        y = x + x
+    del x, y
+    assert torch.cuda.memory_allocated() == before
+
+
+def test_reused_stand_ins_follow_metadata_changes():
+    host = torch.arange(12.0)
+    device = host.cuda()
+    assert torch.equal((device + 1).cpu(), host + 1)  # the stand-in is now cached
+    for change in (lambda t: t.resize_(3, 4), lambda t: t.t_(), lambda t: t.as_strided_((2, 2), (1, 3), 1)):
+        change(host), change(device)
+        assert torch.equal((device * 2).cpu(), host * 2)
+    z = torch.randn(3, dtype=torch.complex64)
+    zc = z.cuda()
+    assert torch.equal((zc + 1).cpu(), z + 1)
+    assert torch.equal((zc.conj() + 1).cpu(), z.conj() + 1)  # same memory, another key set
+
+
+@pytest.mark.parametrize(
+    "op",
+    [lambda x: x[1:].add_(x[:-1]), lambda x: torch.add(x[:4], 1, out=x[2:6]), lambda x: x.mul_(x[:1].expand(8))],
+)
+def test_aliasing_arguments_are_checked_as_on_cpu(op):
+    """Stand-ins of tensors sharing memory share a storage, so the CPU kernel's overlap checks hold."""
+    host, device = torch.arange(8.0), torch.arange(8.0, device="cuda")
+    device + device  # a cached stand-in of `device` exists now
+    try:
+        op(host)
+    except RuntimeError as e:
+        with pytest.raises(RuntimeError, match="refer to a single memory location"):
+            op(device)
+        assert "refer to a single memory location" in str(e)
+    else:
+        op(device)
+        assert torch.equal(device.cpu(), host)
