@@ -3,7 +3,7 @@
 // the rest is the device-generic runner (runtime/runner.h).
 #include "runtime/runner.h"
 
-#include <ATen/Context.h>
+#include <ATen/detail/MPSHooksInterface.h>
 #include <c10/util/Exception.h>
 
 namespace torchdevice {
@@ -29,7 +29,7 @@ class MpsRunner final : public Runner {
 } // namespace
 
 Runner* make_mps_runner() {
-  TORCH_CHECK(at::globalContext().getAcceleratorHooksInterface(c10::DeviceType::MPS).isAvailable(),
+  TORCH_CHECK(at::detail::getMPSHooks().hasMPS(),
               "torchdevice: the mps runner needs Apple's GPU (macOS on Apple Silicon) and this torch does not see "
               "one; valid runners here: cpu");
   return new MpsRunner();

@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/detail/MPSHooksInterface.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -83,7 +84,11 @@ void Runner::prepare() {
   // caching allocator is in the table.
   allocator_ = type_ == c10::DeviceType::MPS ? at::detail::getMPSHooks().getMPSDeviceAllocator()
                                               : c10::GetAllocator(type_);
-  for (c10::DeviceIndex i = 0; i < hooks.deviceCount(); ++i) {
+  // Apple exposes one GPU (make_mps_runner checked it is there); CUDA's guard counts the GPUs.
+  // (Not the hooks' deviceCount, which MPS's hooks need not override: the default says 0.)
+  const c10::DeviceIndex count =
+      type_ == c10::DeviceType::MPS ? 1 : c10::impl::getDeviceGuardImpl(type_)->deviceCount();
+  for (c10::DeviceIndex i = 0; i < count; ++i) {
     default_generators_.push_back(hooks.getDefaultGenerator(i));
   }
   TORCH_CHECK(!default_generators_.empty(), "torchdevice: the ", c10::DeviceTypeName(type_, true),
@@ -171,7 +176,7 @@ void set_runner(c10::DeviceType emulated, c10::DeviceType runner) {
       break;
     case c10::DeviceType::CUDA:
       // The hooks of a CUDA build report real GPUs; a CPU-only build has none to run on.
-      TORCH_CHECK(at::globalContext().getAcceleratorHooksInterface(c10::DeviceType::CUDA).isAvailable(),
+      TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(),
                   "torchdevice: the cuda runner needs a CUDA build of torch and an NVIDIA GPU, and this process "
                   "has neither; valid runners here: cpu");
       slot.runner = std::make_unique<Runner>(c10::DeviceType::CUDA);
