@@ -5,7 +5,7 @@
 // runner's kernel on stand-ins, runner tensors over the same memory (dispatch/standin.h).
 //   cpu  - any machine; host memory (the only runner this project's CI machines can execute).
 //   cuda - an NVIDIA GPU running emulated mps (MPS-written code on CUDA machines).
-//   mps  - Apple's GPU running emulated cuda; built only on macOS (runtime/mps_runner.cpp).
+//   mps  - Apple's GPU running emulated cuda; linked only on macOS (runtime/mps_runner.cpp).
 // Everything here goes through c10's device-generic interfaces (allocator, guard, hooks), so a
 // runner needs no device-specific code beyond its policy.
 #pragma once
@@ -63,7 +63,7 @@ class Runner {
   void count_host_fallback(const c10::OperatorHandle& op) const;
   std::map<std::string, int64_t> census() const;
   // Test hook: treat `op_name` (e.g. "aten::atan2") as missing on this runner, so the CPU-side
-  // path is exercised with the cpu runner too. An empty name clears the list.
+  // path is exercised with the cpu runner too. An empty name clears the list and the census.
   void simulate_missing_kernel(const std::string& op_name);
 
  protected:
@@ -90,7 +90,7 @@ Runner& mutable_runner_for(c10::DeviceType emulated);
 // build or this machine cannot run, naming the valid ones.
 void set_runner(c10::DeviceType emulated, c10::DeviceType runner);
 
-// Defined in runtime/mps_runner.cpp, compiled only on macOS; elsewhere a stub that refuses.
+// Defined in runtime/mps_runner.cpp, linked only on macOS; elsewhere a stub that refuses.
 Runner* make_mps_runner();
 
 } // namespace torchdevice
