@@ -8,8 +8,11 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <utility>
 #include <cstring>
+#include <pthread.h>
 #include <unistd.h>
 #include <unordered_map>
 
@@ -42,13 +45,51 @@ struct AdoptedBlock {
   c10::DataPtr host;
   uint64_t nbytes;
   c10::DeviceIndex device;
-  c10::DeviceType type;
+  EmulatedAllocator* allocator;
 };
 
 void free_adopted(void* ctx) {
   auto* block = static_cast<AdoptedBlock*>(ctx);
-  allocator_for(block->type).record_free(block->device, block->nbytes);
+  block->allocator->record_free(block->device, block->nbytes);
   delete block;
+}
+
+// Small blocks of c10's default CPU allocator (what CPU kernels give their outputs) are adopted
+// without an AdoptedBlock: allocating and freeing one was a fifth of what a small emulated op
+// costs over its CPU kernel. What the deleter needs besides the data pointer travels in the
+// context pointer's unused high bits (user-space addresses below 2^47 on x86-64 and arm64) and
+// in the choice of deleter (one per device type and index).
+constexpr int kAddressBits = 47;
+constexpr uint64_t kAddressMask = (uint64_t(1) << kAddressBits) - 1;
+constexpr uint64_t kMaxTaggedBytes = (uint64_t(1) << (64 - kAddressBits)) - 1;
+
+// c10's allocator is built when libc10 loads, before this library.
+const c10::DeleterFnPtr kDefaultCpuDeleter = c10::GetDefaultCPUAllocator()->raw_deleter();
+
+template <c10::DeviceType kType, c10::DeviceIndex kDevice>
+void free_tagged(void* ctx) {
+  const auto tagged = reinterpret_cast<uintptr_t>(ctx);
+  allocator_for(kType).record_free(kDevice, tagged >> kAddressBits);
+  kDefaultCpuDeleter(reinterpret_cast<void*>(tagged & kAddressMask));
+}
+
+template <c10::DeviceType kType, size_t... kDevices>
+constexpr std::array<c10::DeleterFnPtr, sizeof...(kDevices)> tagged_deleters(std::index_sequence<kDevices...>) {
+  return {&free_tagged<kType, static_cast<c10::DeviceIndex>(kDevices)>...};
+}
+constexpr auto kCudaTaggedDeleters =
+    tagged_deleters<c10::DeviceType::CUDA>(std::make_index_sequence<EmulatedAllocator::kMaxDevices>());
+constexpr auto kMpsTaggedDeleters =
+    tagged_deleters<c10::DeviceType::MPS>(std::make_index_sequence<EmulatedAllocator::kMaxDevices>());
+
+// The tagged context for `host`, or nullptr when it does not qualify.
+void* tag_context(const c10::DataPtr& host, size_t nbytes) {
+  const auto address = reinterpret_cast<uintptr_t>(host.get());
+  if (nbytes > kMaxTaggedBytes || (address & ~kAddressMask) != 0 || host.get_context() != host.get() ||
+      host.get_deleter() != kDefaultCpuDeleter) {
+    return nullptr;
+  }
+  return reinterpret_cast<void*>(address | (static_cast<uintptr_t>(nbytes) << kAddressBits));
 }
 
 size_t default_total_memory() {
@@ -61,53 +102,63 @@ size_t default_total_memory() {
   return pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * page_size : size_t(16) << 30;
 }
 
-// The pools a block of `nbytes` is counted in: the aggregate and CUDA's small or large pool.
-std::array<size_t, 2> pools_of(size_t nbytes) {
-  const auto pool = nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL;
-  return {static_cast<size_t>(StatType::AGGREGATE), static_cast<size_t>(pool)};
-}
-
 } // namespace
 
 EmulatedAllocator::EmulatedAllocator(c10::DeviceType type)
-    : type_(type), total_memory_(default_total_memory()) {}
+    : type_(type), total_memory_(default_total_memory()) {
+  for (auto& d : devices_) update_limit(d);
+}
 
 EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex device) {
   TORCH_CHECK(device >= 0 && device < kMaxDevices, "torchdevice: device index out of range: ", int(device));
   return devices_[device];
 }
 
-void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
-  auto& d = device_state(device);
-  std::lock_guard<StatLock> lock(d.mutex);
+void EmulatedAllocator::update_limit(PerDevice& d) {
   const double limit = d.fraction * static_cast<double>(total_memory_);  // may be +inf (no limit)
-  const auto in_use = d.bytes[0].current;
-  if (C10_UNLIKELY(static_cast<double>(in_use + static_cast<int64_t>(nbytes)) > limit)) {
-    ++d.num_ooms;
-    const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
-    // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
-    TORCH_CHECK_WITH(OutOfMemoryError, false,
-        name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(nbytes),
-        ". GPU ", int(device), " has a total capacity of ", c10::CachingAllocator::format_size(total_memory_),
-        " of which ", c10::CachingAllocator::format_size(total_memory_ - std::min<size_t>(total_memory_, in_use)),
-        " is free. Of the allocated memory ", c10::CachingAllocator::format_size(in_use),
-        " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
-        " (torchdevice: the per-process memory fraction is ", d.fraction, ")");
-  }
-  for (size_t pool : pools_of(nbytes)) {
-    d.blocks[pool].increase(1);
-    d.bytes[pool].increase(nbytes);
-  }
+  d.limit = limit >= static_cast<double>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(limit);
+}
+
+void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes) {
+  ++d.num_ooms;
+  const auto in_use = static_cast<size_t>(d.bytes[0].current);
+  const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
+  const double fraction = d.fraction;
+  d.mutex.unlock();
+  // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
+  TORCH_CHECK_WITH(OutOfMemoryError, false,
+      name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(nbytes),
+      ". GPU ", int(device), " has a total capacity of ", c10::CachingAllocator::format_size(total_memory_),
+      " of which ", c10::CachingAllocator::format_size(total_memory_ - std::min<size_t>(total_memory_, in_use)),
+      " is free. Of the allocated memory ", c10::CachingAllocator::format_size(in_use),
+      " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
+      " (torchdevice: the per-process memory fraction is ", fraction, ")");
+}
+
+// record_alloc and record_free run for every emulated tensor: `device` comes from a Device that
+// was checked when it was made, and the counters are updated without loops or floating point.
+void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
+  auto& d = devices_[static_cast<size_t>(device)];
+  d.mutex.lock();
+  const auto bytes = static_cast<int64_t>(nbytes);
+  if (C10_UNLIKELY(d.bytes[0].current + bytes > d.limit)) throw_out_of_memory(d, device, nbytes);
+  const size_t pool = static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
+  d.blocks[0].increase(1);
+  d.bytes[0].increase(nbytes);
+  d.blocks[pool].increase(1);
+  d.bytes[pool].increase(nbytes);
   ++d.num_device_alloc;
+  d.mutex.unlock();
 }
 
 void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
-  auto& d = device_state(device);
+  auto& d = devices_[static_cast<size_t>(device)];
   std::lock_guard<StatLock> lock(d.mutex);
-  for (size_t pool : pools_of(nbytes)) {
-    d.blocks[pool].decrease(1);
-    d.bytes[pool].decrease(nbytes);
-  }
+  const size_t pool = static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
+  d.blocks[0].decrease(1);
+  d.bytes[0].decrease(nbytes);
+  d.blocks[pool].decrease(1);
+  d.bytes[pool].decrease(nbytes);
   ++d.num_device_free;
 }
 
@@ -156,7 +207,12 @@ c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c
   }
   // Counting can fail (memory fraction); the host memory is then freed with host_data.
   record_alloc(device, nbytes);
-  auto* block = new AdoptedBlock{std::move(host_data), nbytes, device, type_};
+  if (void* tagged = tag_context(host_data, nbytes)) {
+    host_data.release_context();
+    const auto& deleters = type_ == c10::DeviceType::MPS ? kMpsTaggedDeleters : kCudaTaggedDeleters;
+    return c10::DataPtr(data, tagged, deleters[static_cast<size_t>(device)], dev);
+  }
+  auto* block = new AdoptedBlock{std::move(host_data), nbytes, device, this};
   return c10::DataPtr(data, block, &free_adopted, dev);
 }
 
@@ -200,6 +256,10 @@ std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex devi
 
 void EmulatedAllocator::set_total_memory(size_t bytes) {
   total_memory_ = bytes;
+  for (auto& d : devices_) {
+    std::lock_guard<StatLock> lock(d.mutex);
+    update_limit(d);
+  }
 }
 
 void EmulatedAllocator::set_memory_fraction(double fraction, c10::DeviceIndex device) {
@@ -208,12 +268,14 @@ void EmulatedAllocator::set_memory_fraction(double fraction, c10::DeviceIndex de
   auto& d = device_state(device);
   std::lock_guard<StatLock> lock(d.mutex);
   d.fraction = fraction;
+  update_limit(d);
 }
 
 void EmulatedAllocator::set_limit_ratio(double ratio, c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<StatLock> lock(d.mutex);
   d.fraction = ratio;
+  update_limit(d);
 }
 
 double EmulatedAllocator::memory_fraction(c10::DeviceIndex device) {
@@ -222,10 +284,21 @@ double EmulatedAllocator::memory_fraction(c10::DeviceIndex device) {
   return d.fraction;
 }
 
+void EmulatedAllocator::reset_locks_after_fork() {
+  for (auto& d : devices_) d.mutex.reset_after_fork();
+}
+
 EmulatedAllocator& allocator_for(c10::DeviceType type) {
   // Leaked on purpose: tensors freed during interpreter shutdown still call back into it.
   static auto* cuda = new EmulatedAllocator(c10::DeviceType::CUDA);
   static auto* mps = new EmulatedAllocator(c10::DeviceType::MPS);
+  static const bool fork_handler = [] {
+    return pthread_atfork(nullptr, nullptr, [] {
+             cuda->reset_locks_after_fork();
+             mps->reset_locks_after_fork();
+           }) == 0;
+  }();
+  (void)fork_handler;
   return type == c10::DeviceType::MPS ? *mps : *cuda;
 }
 

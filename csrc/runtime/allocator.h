@@ -2,28 +2,16 @@
 // runner it serves host blocks itself; on a device runner it wraps that runner's allocator.
 #pragma once
 
+#include "runtime/stat_lock.h"
+
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/DeviceType.h>
 
 #include <array>
 #include <atomic>
 #include <mutex>
-#include <thread>
 
 namespace torchdevice {
-
-// Guards a device's counters, held for a few additions at a time: uncontended (almost always),
-// a flag costs a fraction of a pthread mutex, and every emulated op takes it twice.
-class StatLock {
- public:
-  void lock() {
-    while (flag_.test_and_set(std::memory_order_acquire)) std::this_thread::yield();
-  }
-  void unlock() { flag_.clear(std::memory_order_release); }
-
- private:
-  std::atomic_flag flag_ = ATOMIC_FLAG_INIT;
-};
 
 class EmulatedAllocator final : public c10::DeviceAllocator {
  public:
@@ -60,6 +48,9 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   // Bookkeeping entry points for the deleters.
   void record_free(c10::DeviceIndex device, size_t nbytes);
 
+  // In a forked child: the counters' locks forget the parent's threads.
+  void reset_locks_after_fork();
+
  private:
   // Nothing is cached, so every block is one allocation, one segment and one active block,
   // and its allocated, reserved, active and requested bytes are equal: one count and one byte
@@ -72,9 +63,12 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
     int64_t num_device_free = 0;
     int64_t num_ooms = 0;
     double fraction = 1.0;
+    int64_t limit = INT64_MAX;  // fraction * total memory, in bytes
   };
   PerDevice& device_state(c10::DeviceIndex device);
   void record_alloc(c10::DeviceIndex device, size_t nbytes);
+  void update_limit(PerDevice& d);  // with d.mutex held
+  [[noreturn]] void throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes);
 
   c10::DeviceType type_;
   size_t total_memory_;

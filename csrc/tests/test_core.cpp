@@ -5,6 +5,7 @@
 #include "runtime/allocator.h"
 #include "runtime/device.h"
 #include "runtime/runner.h"
+#include "runtime/stat_lock.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/CPUAllocator.h>
@@ -12,7 +13,9 @@
 
 #include <cstdio>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -140,6 +143,44 @@ void test_standins_follow_the_runner() {
   EXPECT(host.device().is_cpu() && host.data_ptr() == t.data_ptr());
 }
 
+// The biased lock: the owner's plain-store path and the other threads' revocation must still
+// exclude each other, including while the owner is inside (no update may be lost).
+void test_stat_lock_excludes() {
+  torchdevice::StatLock lock;
+  int64_t counter = 0;  // guarded by `lock`; unsynchronised increments would lose updates
+  constexpr int kPerThread = 200000;
+  auto work = [&] {
+    for (int i = 0; i < kPerThread; ++i) {
+      std::lock_guard<torchdevice::StatLock> guard(lock);
+      counter = counter + 1;
+    }
+  };
+  work();  // this thread becomes the owner
+  std::vector<std::thread> threads;
+  threads.emplace_back(work);  // revokes while the owner keeps going
+  threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  EXPECT(counter == 4 * kPerThread);
+}
+
+// Emulated tensors allocated and freed on several threads leave exact counters.
+void test_allocator_counters_from_threads() {
+  auto& alloc = torchdevice::allocator_for(kCUDA);
+  const auto before = alloc.getDeviceStats(0).allocated_bytes[0].current;
+  auto work = [] {
+    for (int i = 0; i < 2000; ++i) {
+      auto a = at::ones({16}, at::TensorOptions().device(kCUDA).dtype(at::kFloat));
+      auto b = a + a;  // the CPU kernel's output, adopted
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  EXPECT(alloc.getDeviceStats(0).allocated_bytes[0].current == before);
+}
+
 } // namespace
 
 int main() {
@@ -152,6 +193,8 @@ int main() {
       {"copies", test_copies},
       {"runner_choice", test_runner_choice},
       {"standins_follow_the_runner", test_standins_follow_the_runner},
+      {"stat_lock_excludes", test_stat_lock_excludes},
+      {"allocator_counters_from_threads", test_allocator_counters_from_threads},
   };
   int failed_tests = 0;
   for (const auto& [name, fn] : tests) {

@@ -105,6 +105,87 @@ def test_memory_stats_as_nested_dict():
     assert set(nested["oversize_allocations"]) == set(METRICS)
 
 
+@pytest.mark.parametrize("numel", [1, 16, 32767, 32768, 300_000])  # 4 B ... 1.2 MB: both ways outputs are adopted
+def test_kernel_outputs_are_counted_exactly_until_freed(cuda_memory_baseline, numel):
+    x = torch.ones(numel, device="cuda")
+    base = torch.cuda.memory_allocated()
+    allocations = torch.cuda.memory_stats()["allocation.all.allocated"]
+    y = x + x  # the CPU kernel allocates the output; the device adopts it
+    assert torch.cuda.memory_allocated() == base + 4 * numel
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == allocations + 1
+    assert y.device == torch.device("cuda:0") and y.untyped_storage().device == y.device
+    del y
+    assert torch.cuda.memory_allocated() == base
+
+
+def test_kernel_outputs_on_the_second_device_are_counted_there(run_snippet):
+    out = run_snippet(
+        """
+        for numel in (16, 300_000):
+            x = torch.ones(numel, device="cuda:1")
+            base0, base1 = torch.cuda.memory_allocated(0), torch.cuda.memory_allocated(1)
+            y = x * 2
+            print(torch.cuda.memory_allocated(0) - base0, torch.cuda.memory_allocated(1) - base1, y.device)
+            del y
+            print(torch.cuda.memory_allocated(1) - base1)
+        """,
+        TORCHDEVICE_DEVICE_COUNT="2",
+    )
+    assert out.split("\n")[:4] == ["0 64 cuda:1", "0", "0 1200000 cuda:1", "0"]
+
+
+def test_counters_stay_exact_with_several_threads(run_snippet):
+    # The first thread to count owns the counters' lock; the others revoke that while it runs.
+    out = run_snippet(
+        """
+        import threading
+        x = torch.ones(16, device="cuda")
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        def work():
+            for _ in range(3000):
+                y = x + x
+                del y
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        work()
+        for t in threads:
+            t.join()
+        print(torch.cuda.memory_allocated() - base, torch.cuda.max_memory_allocated() - base <= 4 * 64)
+        """
+    )
+    assert out.split()[:2] == ["0", "True"]
+
+
+def test_a_forked_child_counts_its_own_tensors(run_snippet):
+    # The parent's lock owner does not exist in the child: the child must not wait for it.
+    out = run_snippet(
+        """
+        import os, threading, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: intended here
+        x = torch.ones(16, device="cuda")
+        y = x + x  # the main thread now owns the counters' lock
+        codes = []
+        def fork_here():
+            pid = os.fork()
+            if pid == 0:
+                base = torch.cuda.memory_allocated()
+                z = x * 3
+                ok = torch.cuda.memory_allocated() - base == 64
+                del z
+                os._exit(0 if ok and torch.cuda.memory_allocated() == base else 1)
+            _, status = os.waitpid(pid, 0)
+            codes.append(os.waitstatus_to_exitcode(status))
+        t = threading.Thread(target=fork_here)
+        t.start()
+        t.join(timeout=60)
+        print(codes)
+        """
+    )
+    assert out.strip() == "[0]"
+
+
 def test_reset_accumulated_memory_stats():
     x = torch.empty(16, device="cuda")
     del x
