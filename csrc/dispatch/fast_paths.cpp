@@ -6,6 +6,7 @@
 
 #include <ATen/Operators.h>
 
+#include <array>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -16,24 +17,24 @@
 namespace torchdevice::dispatch {
 namespace {
 
-// One call's state: the stand-ins, the mutated arguments, the device.
-template <c10::DeviceType kType>
+// One call's state: the stand-ins, the (at most kMutable) mutated arguments, the device.
+template <c10::DeviceType kType, size_t kMutable>
 class FastCall {
  public:
   // Arguments are lowered in order (as the fallback does), so the mixed-device error names the
   // same devices. Each overload returns what the CPU kernel receives in the argument's place.
-  at::Tensor lower(const at::Tensor& t) {
-    if (!t.defined() || !devices_.note(t, [] { return false; })) return t;
+  StandInRef lower(const at::Tensor& t) {
+    if (!t.defined() || !devices_.note(t, [] { return false; })) return StandInRef::borrow(t);
     return standins.make_reused(t);
   }
   at::Tensor lower(at::Tensor& t) {  // in-place self / out=: the caller's tensor is returned
-    at::Tensor standin = lower(static_cast<const at::Tensor&>(t));
-    if (t.defined() && t.device().type() == kType) mutated_.push_back({standin, &t});
+    at::Tensor standin = lower(static_cast<const at::Tensor&>(t)).get();
+    if (t.defined() && t.device().type() == kType) mutated_[mutated_count_++] = {standin, &t};
     return standin;
   }
   std::optional<at::Tensor> lower(const std::optional<at::Tensor>& t) {
     if (!t.has_value()) return t;
-    return lower(*t);
+    return lower(*t).get();
   }
   std::vector<at::Tensor> lower(at::TensorList list) {
     std::vector<at::Tensor> lowered;
@@ -52,27 +53,39 @@ class FastCall {
 
   // After the CPU kernel ran: mutated arguments get the stand-ins' new shape or buffer.
   void sync_mutated() {
-    for (const auto& m : mutated_) standins.sync_back(m.standin, *m.original);
+    for (size_t i = 0; i < mutated_count_; ++i) standins.sync_back(mutated_[i].standin, *mutated_[i].original);
   }
 
   // Results: an argument's stand-in -> that argument; a view of a stand-in -> a view of the
   // original storage; a fresh CPU tensor -> adopted by the device.
   at::Tensor map(at::Tensor out) {
     if (!out.defined() || out.device().type() != c10::DeviceType::CPU) return out;
-    if (const at::Tensor* original = standins.original_of(out.unsafeGetTensorImpl())) return *original;
+    c10::TensorImpl* impl = out.unsafeGetTensorImpl();
+    const c10::Storage& out_storage = impl->unsafe_storage();
+    c10::StorageImpl* storage = out_storage.unsafeGetStorageImpl();
+    // A tensor and a storage only `out` holds are the kernel's own: no stand-in (this call
+    // holds those) and no view of one (it shares the stand-in's storage). The common case.
+    if (out.use_count() == 1 && storage != nullptr && out_storage.use_count() == 1 && out.layout() == c10::kStrided) {
+      adopt(out);
+      return out;
+    }
+    if (const at::Tensor* original = standins.original_of(impl)) return *original;
     if (out.layout() != c10::kStrided) return out;
-    c10::StorageImpl* storage = out.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
     if (c10::StorageImpl* original_storage = standins.original_storage_of(storage)) {
       rebase_view(out, original_storage);
     } else {
-      check_dtype_supported(kType, out.scalar_type());
-      adopt_output(out, device());
+      adopt(out);
     }
     return out;
   }
+  void adopt(const at::Tensor& out) {
+    // Fast paths run only on the cpu runner, where emulated cuda takes every dtype.
+    if constexpr (kType != c10::DeviceType::CUDA) check_dtype_supported(kType, out.scalar_type());
+    adopt_output(out, device());
+  }
   at::Tensor& map_mutated(const at::Tensor& out) {
-    for (const auto& m : mutated_) {
-      if (m.standin.unsafeGetTensorImpl() == out.unsafeGetTensorImpl()) return *m.original;
+    for (size_t i = 0; i < mutated_count_; ++i) {
+      if (mutated_[i].standin.unsafeGetTensorImpl() == out.unsafeGetTensorImpl()) return *mutated_[i].original;
     }
     TORCH_INTERNAL_ASSERT(false, "torchdevice: an in-place/out= kernel returned a tensor that is not its argument");
   }
@@ -94,10 +107,11 @@ class FastCall {
  private:
   struct Mutated {
     at::Tensor standin;
-    at::Tensor* original;
+    at::Tensor* original = nullptr;
   };
   DeviceCheck<kType> devices_;
-  c10::SmallVector<Mutated, 2> mutated_;
+  std::array<Mutated, kMutable> mutated_;
+  size_t mutated_count_ = 0;
 };
 
 // The unboxed kernel of `Op` (an at::_ops struct) on the emulated device.
@@ -111,18 +125,21 @@ struct FastPath<kType, Op, Ret(Args...)> {
   static_assert((!std::is_same_v<std::decay_t<Args>, std::optional<at::Device>> && ...),
                 "ops with a device argument keep the fallback: it maps their device");
 
+  // In-place self and out= arguments: the ones synced back after the kernel.
+  static constexpr size_t kMutable = (size_t(0) + ... + size_t(std::is_same_v<Args, at::Tensor&>));
+
   static Ret call(Args... args) {
-    FastCall<kType> call;
+    FastCall<kType, kMutable> call;
     // Braced initialisation lowers the arguments left to right.
     std::tuple<decltype(call.lower(std::forward<Args>(args)))...> lowered{call.lower(std::forward<Args>(args))...};
     if constexpr (std::is_void_v<Ret>) {
       std::apply([](auto&... a) { Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); }, lowered);
-      call.sync_mutated();
+      if constexpr (kMutable > 0) call.sync_mutated();
     } else {
       auto result = std::apply(
           [](auto&... a) -> decltype(auto) { return Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); },
           lowered);
-      call.sync_mutated();
+      if constexpr (kMutable > 0) call.sync_mutated();
       if constexpr (std::is_lvalue_reference_v<Ret>) {
         return call.map_mutated(result);
       } else {

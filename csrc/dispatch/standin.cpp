@@ -8,6 +8,7 @@
 #include <c10/core/TensorImpl.h>
 
 #include <array>
+#include <memory>
 #include <optional>
 
 namespace torchdevice::dispatch {
@@ -47,27 +48,32 @@ at::Tensor StandIns::make_owned(at::Tensor t) {
 }
 
 at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
-  const at::Tensor& t = borrowed ? *borrowed : owned;
+  int32_t owned_index = -1;
+  if (!borrowed) {
+    owned_index = static_cast<int32_t>(owned_.size());
+    owned_.push_back(std::move(owned));
+  }
+  const at::Tensor& t = borrowed ? *borrowed : owned_.back();
   c10::StorageImpl* original = t.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
-  c10::Storage storage = shared_storage(original, c10::Storage());
+  c10::Storage storage = shared_storage(original);
   if (!storage) {
     storage = standin_storage(original);
-    storages_.push_back({original, storage});
+    storages_.push_back({original, storage.unsafeGetStorageImpl()});
+    owned_storages_.push_back(storage);
   }
-  at::Tensor result = build(t, std::move(storage));
-  tensors_.push_back({result, borrowed, std::move(owned)});
-  return result;
+  fresh_.push_back(build(t, std::move(storage)));
+  tensors_.push_back({nullptr, static_cast<int32_t>(fresh_.size() - 1), owned_index, borrowed});
+  return fresh_.back();
 }
 
-// The stand-in storage this call already uses for `original` (stand-ins of tensors that share a
-// storage must share one, so the kernel's overlap and aliasing checks see what CUDA would); else
-// `candidate` is recorded as that storage and returned.
-c10::Storage StandIns::shared_storage(c10::StorageImpl* original, const c10::Storage& candidate) {
+// The stand-in storage this call already uses for `original`, or none: stand-ins of tensors
+// that share a storage must share one, so the kernel's overlap and aliasing checks see what
+// CUDA would.
+c10::Storage StandIns::shared_storage(c10::StorageImpl* original) const {
   for (const auto& e : storages_) {
-    if (e.original == original) return e.standin;
+    if (e.original == original) return c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(e.standin));
   }
-  if (candidate) storages_.push_back({original, candidate});
-  return candidate;
+  return c10::Storage();
 }
 
 namespace {
@@ -75,91 +81,173 @@ namespace {
 // Stand-ins reused across fast-path calls, per thread: building one (a TensorImpl and a
 // StorageImpl with their metadata) is most of what a small emulated op costs over its CPU
 // kernel. An entry is used again only when nothing else holds it and it still describes its
-// original exactly (storage, bytes, dtype, sizes, strides, offset); keys and version counter are
-// refreshed on every use. It keeps no memory alive: its storage does not own the bytes, and it
-// knows the original storage through a weak reference, which also keeps that address from being
-// reused by another storage while the entry exists.
+// original exactly (storage, data, bytes, dtype, sizes, strides, offset); keys and version
+// counter are refreshed on every use. It keeps no memory alive: its storage does not own the
+// bytes, and it knows the original storage through a weak reference, which also keeps that
+// address from being reused by another storage while the entry exists.
+//
+// Kept small: at this size an emulated op's cost is mostly the cache lines it touches beyond
+// the native op's, so lookups scan one line of keys, and validation reads the stand-in (which
+// the kernel reads next anyway) rather than a copy of its metadata.
+} // namespace
+
 struct ReusedStandIn {
-  const c10::TensorImpl* original = nullptr;  // lookup key; everything else is re-checked
-  c10::DispatchKeySet original_keys;          // what the stand-in's keys were derived from
-  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> original_storage;
+  const c10::StorageImpl* original_storage = nullptr;  // kept from reuse by `storage_ref`
+  c10::StorageImpl* standin_storage = nullptr;         // the stand-in's storage (it holds it)
+  c10::DispatchKeySet original_keys;                   // what the stand-in's keys were derived from
+  bool busy = false;                                   // handed to a call that has not finished
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> storage_ref;
   at::Tensor standin;
 };
+
 struct ReusedStandIns {
-  std::array<ReusedStandIn, 8> entries;
+  static constexpr size_t kSlots = 8;
+  std::array<const c10::TensorImpl*, kSlots> originals{};  // lookup keys
+  std::array<ReusedStandIn, kSlots> entries;
   size_t next = 0;
 };
-thread_local ReusedStandIns t_reused;
 
-bool still_describes(const ReusedStandIn& e, const c10::TensorImpl* impl) {
+namespace {
+
+// This thread's slots, reached through a plain pointer in initial-exec TLS: a fixed offset from
+// the thread pointer instead of a __tls_get_addr call and an initialisation check, on every op.
+// Eight bytes of the static TLS space glibc reserves for libraries loaded later.
+__attribute__((tls_model("initial-exec"))) thread_local ReusedStandIns* t_reused = nullptr;
+
+ReusedStandIns* this_threads_slots() {
+  if (C10_LIKELY(t_reused != nullptr)) return t_reused;
+  // Owns the slots and frees them when the thread exits (registered on first use only).
+  struct Owner {
+    std::unique_ptr<ReusedStandIns> slots = std::make_unique<ReusedStandIns>();
+    ~Owner() {
+      t_reused = nullptr;
+      slots.reset();
+    }
+  };
+  static thread_local Owner owner;
+  t_reused = owner.slots.get();  // null once the thread is exiting: nothing is reused then
+  return t_reused;
+}
+
+bool still_describes(const ReusedStandIn& e, const c10::TensorImpl* impl, const c10::StorageImpl* original) {
+  if (e.original_storage != original || e.busy || e.standin.use_count() != 1) return false;
+  const c10::StorageImpl* storage = e.standin_storage;
+  if (storage->data() != original->data() || storage->nbytes() != original->nbytes() ||
+      storage->resizable() != original->resizable()) {
+    return false;
+  }
   const c10::TensorImpl* s = e.standin.unsafeGetTensorImpl();
-  const c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
-  const c10::StorageImpl* storage = s->storage().unsafeGetStorageImpl();
-  return e.standin.use_count() == 1 && e.original_storage->_unsafe_get_target() == original &&
-         storage->data_ptr().get() == original->data_ptr().get() && storage->nbytes() == original->nbytes() &&
-         storage->resizable() == original->resizable() && s->dtype() == impl->dtype() &&
-         s->storage_offset() == impl->storage_offset() && s->sizes() == impl->sizes() &&
-         s->strides() == impl->strides();
+  if (s->dtype() != impl->dtype() || s->storage_offset() != impl->storage_offset()) return false;
+  const c10::IntArrayRef sizes = impl->sizes(), standin_sizes = s->sizes();
+  const size_t dim = sizes.size();
+  if (standin_sizes.size() != dim) return false;
+  const c10::IntArrayRef strides = impl->strides(), standin_strides = s->strides();
+  for (size_t d = 0; d < dim; ++d) {
+    if (standin_sizes[d] != sizes[d] || standin_strides[d] != strides[d]) return false;
+  }
+  return true;
+}
+
+// The next slot to replace, skipping those a call on this thread still uses.
+size_t free_slot(ReusedStandIns& reused) {
+  for (size_t tried = 0; tried < ReusedStandIns::kSlots; ++tried) {
+    const size_t i = reused.next;
+    reused.next = (reused.next + 1) % ReusedStandIns::kSlots;
+    const ReusedStandIn& e = reused.entries[i];
+    if (!e.busy && (!e.standin.defined() || e.standin.use_count() == 1)) return i;
+  }
+  return ReusedStandIns::kSlots;
 }
 
 } // namespace
 
-at::Tensor StandIns::make_reused(const at::Tensor& t) {
+const at::Tensor& StandIns::standin_of(const TensorEntry& e) const {
+  return e.slot ? e.slot->standin : fresh_[e.fresh];
+}
+
+StandIns::~StandIns() {
+  for (const auto& e : tensors_) {
+    if (e.slot) e.slot->busy = false;
+  }
+}
+
+// make_reused() without a valid stand-in for `t`: builds one into `slot` (`t`'s stale slot, or
+// null) or another free slot. Kept out of line so the reuse path stays short.
+C10_NOINLINE ReusedStandIn* StandIns::refill_slot(const at::Tensor& t, ReusedStandIn* slot, size_t index) {
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-  if (!runner_->is_cpu() || !impl->has_storage()) return make(t);
-  c10::StorageImpl* original = impl->storage().unsafeGetStorageImpl();
+  c10::StorageImpl* original = impl->unsafe_storage().unsafeGetStorageImpl();
+  // A slot no one holds: not a kernel that kept its stand-in, not an enclosing call.
+  if (!slot || slot->busy || slot->standin.use_count() > 1) index = free_slot(*reused_);
+  if (index == ReusedStandIns::kSlots) return nullptr;
+  slot = &reused_->entries[index];
+  c10::Storage storage = shared_storage(original);
+  if (!storage) {
+    // Not owning: the caller holds the original for the call, and the entry must not keep
+    // its memory alive afterwards.
+    storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
+        c10::StorageImpl::use_byte_size_t(), original->nbytes(),
+        c10::DataPtr(const_cast<void*>(original->data_ptr().get()), c10::Device(c10::DeviceType::CPU)),
+        c10::GetCPUAllocator(), original->resizable()));
+    // The slot's stand-in keeps it alive.
+    storages_.push_back({original, storage.unsafeGetStorageImpl()});
+  }
+  slot->standin_storage = storage.unsafeGetStorageImpl();
+  slot->standin = build(t, std::move(storage));
+  reused_->originals[index] = impl;
+  slot->original_storage = original;
+  slot->original_keys = impl->key_set();
+  slot->storage_ref.emplace(impl->storage().getWeakStorageImpl());
+  return slot;
+}
+
+StandInRef StandIns::make_reused(const at::Tensor& t) {
+  c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  // unsafe_storage(): no virtual call; tensors without a storage (sparse) take make().
+  c10::StorageImpl* original = impl->unsafe_storage().unsafeGetStorageImpl();
+  if (!runner_->is_cpu() || original == nullptr) return StandInRef::own(make(t));
   for (const auto& e : tensors_) {  // x + x: one stand-in for both, as the kernel gets natively
-    if (e.borrowed == &t || e.original().unsafeGetTensorImpl() == impl) return e.standin;
+    if (e.borrowed == &t || original_of(e).unsafeGetTensorImpl() == impl) {
+      return e.slot ? StandInRef::borrow(e.slot->standin) : StandInRef::own(fresh_[e.fresh]);
+    }
   }
 
-  ReusedStandIn* slot = nullptr;
-  for (auto& e : t_reused.entries) {
-    if (e.original == impl) {
-      slot = &e;
+  if (!reused_ && !(reused_ = this_threads_slots())) return StandInRef::own(make(t));
+  size_t index = ReusedStandIns::kSlots;
+  for (size_t i = 0; i < ReusedStandIns::kSlots; ++i) {
+    if (reused_->originals[i] == impl) {
+      index = i;
       break;
     }
   }
-  at::Tensor standin;
-  if (slot && still_describes(*slot, impl)) {
-    standin = slot->standin;
-    c10::TensorImpl* s = standin.unsafeGetTensorImpl();
-    if (impl->key_set() != slot->original_keys) {  // a conj/neg bit or inference mode changed
+  ReusedStandIn* slot = index < ReusedStandIns::kSlots ? &reused_->entries[index] : nullptr;
+  if (slot && still_describes(*slot, impl, original)) {
+    c10::TensorImpl* s = slot->standin.unsafeGetTensorImpl();
+    if (C10_UNLIKELY(impl->key_set() != slot->original_keys)) {  // a conj/neg bit or inference mode changed
       internals::copy_keys_to_backend(s, impl, c10::DeviceType::CPU);
       slot->original_keys = impl->key_set();
     }
-    if (!impl->is_inference()) s->set_version_counter(impl->version_counter());
+    if (!impl->is_inference() && C10_UNLIKELY(!internals::same_version_counter(s, impl))) {
+      s->set_version_counter(impl->version_counter());
+    }
     // Another stand-in of this call may already stand for the same storage.
     bool seen = false;
     for (const auto& e : storages_) {
       if (e.original != original) continue;
-      if (e.standin.unsafeGetStorageImpl() != s->storage().unsafeGetStorageImpl()) s->set_storage_keep_dtype(e.standin);
+      if (e.standin != slot->standin_storage) {
+        s->set_storage_keep_dtype(c10::Storage(c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(e.standin)));
+        slot->standin_storage = e.standin;
+      }
       seen = true;
       break;
     }
-    if (!seen) storages_.push_back({original, s->storage()});
+    if (!seen) storages_.push_back({original, slot->standin_storage});
   } else {
-    if (!slot) {
-      slot = &t_reused.entries[t_reused.next];
-      t_reused.next = (t_reused.next + 1) % t_reused.entries.size();
-    }
-    c10::Storage storage = shared_storage(original, c10::Storage());
-    if (!storage) {
-      // Not owning: the caller holds the original for the call, and the entry must not keep
-      // its memory alive afterwards.
-      storage = c10::Storage(c10::make_intrusive<c10::StorageImpl>(
-          c10::StorageImpl::use_byte_size_t(), original->nbytes(),
-          c10::DataPtr(const_cast<void*>(original->data_ptr().get()), c10::Device(c10::DeviceType::CPU)),
-          c10::GetCPUAllocator(), original->resizable()));
-      shared_storage(original, storage);
-    }
-    standin = build(t, std::move(storage));
-    slot->original = impl;
-    slot->original_keys = impl->key_set();
-    slot->original_storage.emplace(impl->storage().getWeakStorageImpl());
-    slot->standin = standin;
+    slot = refill_slot(t, slot, index);
+    if (!slot) return StandInRef::own(make(t));  // every slot is in use
   }
-  tensors_.push_back({standin, &t, at::Tensor()});
-  return standin;
+  slot->busy = true;
+  tensors_.push_back({slot, -1, -1, &t});
+  return StandInRef::borrow(slot->standin);
 }
 
 at::Tensor StandIns::build(const at::Tensor& t, c10::Storage storage) const {
@@ -181,14 +269,14 @@ at::Tensor StandIns::build(const at::Tensor& t, c10::Storage storage) const {
 
 const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
   for (const auto& e : tensors_) {
-    if (e.standin.unsafeGetTensorImpl() == impl) return &e.original();
+    if (standin_of(e).unsafeGetTensorImpl() == impl) return &original_of(e);
   }
   return nullptr;
 }
 
 c10::StorageImpl* StandIns::original_storage_of(const c10::StorageImpl* s) const {
   for (const auto& e : storages_) {
-    if (e.standin.unsafeGetStorageImpl() == s) return e.original;
+    if (e.standin == s) return e.original;
   }
   return nullptr;
 }
@@ -230,8 +318,8 @@ void StandIns::sync_back(const at::Tensor& standin, const at::Tensor& original) 
 
 void adopt_output(const at::Tensor& out, c10::Device device) {
   c10::TensorImpl* impl = out.unsafeGetTensorImpl();
-  if (impl->has_storage()) {
-    c10::StorageImpl* storage = impl->storage().unsafeGetStorageImpl();
+  // unsafe_storage(): no virtual call; storage-less outputs (sparse) have none.
+  if (c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl()) {
     c10::DataPtr& data = storage->_mutable_data_ptr_no_checks();
     // Outputs can share one fresh storage (a tensor and a view of it): adopt it once.
     if (data.device().type() != device.type()) {

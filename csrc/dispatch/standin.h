@@ -13,9 +13,30 @@
 
 namespace torchdevice::dispatch {
 
+struct ReusedStandIn;   // one reusable stand-in (standin.cpp)
+struct ReusedStandIns;  // this thread's reusable stand-ins (standin.cpp)
+
+// A stand-in as handed to a kernel: a reused one by reference (it lives in its reuse slot for
+// the call; no reference-count traffic), anything else by value.
+class StandInRef {
+ public:
+  static StandInRef borrow(const at::Tensor& t) { return StandInRef(&t, at::Tensor()); }
+  static StandInRef own(at::Tensor t) { return StandInRef(nullptr, std::move(t)); }
+  const at::Tensor& get() const { return borrowed_ ? *borrowed_ : owned_; }
+  operator const at::Tensor&() const { return get(); }
+
+ private:
+  StandInRef(const at::Tensor* borrowed, at::Tensor owned) : borrowed_(borrowed), owned_(std::move(owned)) {}
+  const at::Tensor* borrowed_;
+  at::Tensor owned_;
+};
+
 class StandIns {
  public:
   explicit StandIns(const Runner& runner = cpu_runner()) : runner_(&runner) {}
+  ~StandIns();
+  StandIns(const StandIns&) = delete;
+  StandIns& operator=(const StandIns&) = delete;
 
   // A runner tensor sharing `t`'s memory. Tensors that share a storage get stand-ins that share
   // one CPU storage, so the CPU kernel's overlap and aliasing checks see what CUDA would.
@@ -26,7 +47,8 @@ class StandIns {
   // make() that may reuse this thread's stand-in of `t` from an earlier call (cpu runner only).
   // For kernels that keep no reference to their arguments after returning (the fast paths):
   // a reused stand-in does not keep the original's memory alive by itself.
-  at::Tensor make_reused(const at::Tensor& t);
+  // The reference stays valid until this object is destroyed.
+  StandInRef make_reused(const at::Tensor& t);
 
   // The original tensor whose stand-in is `impl`, or nullptr.
   const at::Tensor* original_of(const c10::TensorImpl* impl) const;
@@ -39,25 +61,34 @@ class StandIns {
   void sync_back(const at::Tensor& standin, const at::Tensor& original) const;
 
  private:
+  // Entries are plain data, so recording one costs a few stores; what they point at is kept
+  // alive by the owning vectors below, by the caller (borrowed tensors) or by a reuse slot.
   struct StorageEntry {
     c10::StorageImpl* original;
-    c10::Storage standin;
+    c10::StorageImpl* standin;
   };
-  // A strong reference to the stand-in: one freed during the call (its argument list popped)
+  // The stand-in is held (by fresh_ or by its reuse slot) for the whole call: one freed early
   // must not have its address reused by an output and be mistaken for it.
   struct TensorEntry {
-    at::Tensor standin;
-    const at::Tensor* borrowed;  // the caller's tensor (make), or null
-    at::Tensor owned;            // make_owned()'s tensor
-    const at::Tensor& original() const { return borrowed ? *borrowed : owned; }
+    ReusedStandIn* slot;         // the reuse slot holding the stand-in, or null
+    int32_t fresh;               // else the stand-in is fresh_[fresh]
+    int32_t owned;               // make_owned()'s original is owned_[owned], or -1
+    const at::Tensor* borrowed;  // the caller's tensor (make, make_reused), or null
   };
+  const at::Tensor& standin_of(const TensorEntry& e) const;
+  const at::Tensor& original_of(const TensorEntry& e) const { return e.borrowed ? *e.borrowed : owned_[e.owned]; }
   at::Tensor add(const at::Tensor* borrowed, at::Tensor owned);
   at::Tensor build(const at::Tensor& t, c10::Storage storage) const;
-  c10::Storage shared_storage(c10::StorageImpl* original, const c10::Storage& candidate);
+  ReusedStandIn* refill_slot(const at::Tensor& t, ReusedStandIn* slot, size_t index);
+  c10::Storage shared_storage(c10::StorageImpl* original) const;
   c10::Storage standin_storage(c10::StorageImpl* original) const;
   const Runner* runner_;
+  ReusedStandIns* reused_ = nullptr;
   c10::SmallVector<StorageEntry, 4> storages_;
   c10::SmallVector<TensorEntry, 4> tensors_;
+  c10::SmallVector<c10::Storage, 1> owned_storages_;  // fresh stand-ins' storages
+  c10::SmallVector<at::Tensor, 1> fresh_;             // fresh stand-ins
+  c10::SmallVector<at::Tensor, 1> owned_;             // make_owned()'s originals
 };
 
 // Gives a tensor a runner kernel produced to an emulated device: the TensorImpl is relabelled in

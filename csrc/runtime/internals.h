@@ -9,10 +9,10 @@
 
 #include <c10/core/Device.h>
 #include <c10/core/DispatchKeySet.h>
+#include <c10/core/TensorImpl.h>
 
-namespace c10 {
-struct TensorImpl;
-} // namespace c10
+#include <cstring>
+
 namespace at {
 struct AcceleratorHooksInterface;
 }
@@ -27,6 +27,14 @@ void relabel_tensor(c10::TensorImpl* impl, c10::Device device);
 // moved to the runner's backend: conj/neg/ZeroTensor bits and, in inference mode, the autograd
 // keys (a stand-in of a normal tensor stays a normal tensor, so views of it are normal too).
 void copy_keys_to_backend(c10::TensorImpl* standin, const c10::TensorImpl* original, c10::DeviceType runner);
+
+// Whether two tensors share one version counter. VariableVersion compares by nothing public; its
+// only member is the counter's pointer. Spares the reuse path a reference-count round trip.
+inline bool same_version_counter(const c10::TensorImpl* a, const c10::TensorImpl* b) {
+  // VariableVersion holds one intrusive_ptr to its counter; equal bytes mean one counter.
+  static_assert(sizeof(c10::VariableVersion) == sizeof(void*), "VariableVersion changed: revisit");
+  return std::memcmp(&a->version_counter(), &b->version_counter(), sizeof(c10::VariableVersion)) == 0;
+}
 
 // Turns a live hooks object (CUDA or MPS) into `replacement`'s dynamic type by copying its
 // vtable pointer. Used only when torch created its hooks before torchdevice could register its
