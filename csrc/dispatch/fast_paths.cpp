@@ -1,4 +1,5 @@
 #include "dispatch/fast_paths.h"
+#include "runtime/hot_path.h"
 
 #include "dispatch/device_check.h"
 #include "dispatch/standin.h"
@@ -128,7 +129,7 @@ struct FastPath<kType, Op, Ret(Args...)> {
   // In-place self and out= arguments: the ones synced back after the kernel.
   static constexpr size_t kMutable = (size_t(0) + ... + size_t(std::is_same_v<Args, at::Tensor&>));
 
-  static Ret call(Args... args) {
+  TORCHDEVICE_HOT static Ret call(Args... args) {
     FastCall<kType, kMutable> call;
     // Braced initialisation lowers the arguments left to right.
     std::tuple<decltype(call.lower(std::forward<Args>(args)))...> lowered{call.lower(std::forward<Args>(args))...};

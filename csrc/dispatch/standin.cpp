@@ -1,4 +1,5 @@
 #include "dispatch/standin.h"
+#include "runtime/hot_path.h"
 
 #include "runtime/allocator.h"
 #include "runtime/internals.h"
@@ -161,11 +162,11 @@ size_t free_slot(ReusedStandIns& reused) {
 
 } // namespace
 
-const at::Tensor& StandIns::standin_of(const TensorEntry& e) const {
+TORCHDEVICE_HOT const at::Tensor& StandIns::standin_of(const TensorEntry& e) const {
   return e.slot ? e.slot->standin : fresh_[e.fresh];
 }
 
-StandIns::~StandIns() {
+TORCHDEVICE_HOT StandIns::~StandIns() {
   for (const auto& e : tensors_) {
     if (e.slot) e.slot->busy = false;
   }
@@ -200,7 +201,7 @@ C10_NOINLINE ReusedStandIn* StandIns::refill_slot(const at::Tensor& t, ReusedSta
   return slot;
 }
 
-StandInRef StandIns::make_reused(const at::Tensor& t) {
+TORCHDEVICE_HOT StandInRef StandIns::make_reused(const at::Tensor& t) {
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   // unsafe_storage(): no virtual call; tensors without a storage (sparse) take make().
   c10::StorageImpl* original = impl->unsafe_storage().unsafeGetStorageImpl();
@@ -267,14 +268,14 @@ at::Tensor StandIns::build(const at::Tensor& t, c10::Storage storage) const {
   return at::Tensor(std::move(standin));
 }
 
-const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
+TORCHDEVICE_HOT const at::Tensor* StandIns::original_of(const c10::TensorImpl* impl) const {
   for (const auto& e : tensors_) {
     if (standin_of(e).unsafeGetTensorImpl() == impl) return &original_of(e);
   }
   return nullptr;
 }
 
-c10::StorageImpl* StandIns::original_storage_of(const c10::StorageImpl* s) const {
+TORCHDEVICE_HOT c10::StorageImpl* StandIns::original_storage_of(const c10::StorageImpl* s) const {
   for (const auto& e : storages_) {
     if (e.standin == s) return e.original;
   }
@@ -316,7 +317,7 @@ void StandIns::sync_back(const at::Tensor& standin, const at::Tensor& original) 
   }
 }
 
-void adopt_output(const at::Tensor& out, c10::Device device) {
+TORCHDEVICE_HOT void adopt_output(const at::Tensor& out, c10::Device device) {
   c10::TensorImpl* impl = out.unsafeGetTensorImpl();
   // unsafe_storage(): no virtual call; storage-less outputs (sparse) have none.
   if (c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl()) {

@@ -1,4 +1,5 @@
 #include "runtime/allocator.h"
+#include "runtime/hot_path.h"
 
 #include "runtime/device.h"
 #include "runtime/runner.h"
@@ -67,7 +68,7 @@ constexpr uint64_t kMaxTaggedBytes = (uint64_t(1) << (64 - kAddressBits)) - 1;
 const c10::DeleterFnPtr kDefaultCpuDeleter = c10::GetDefaultCPUAllocator()->raw_deleter();
 
 template <c10::DeviceType kType, c10::DeviceIndex kDevice>
-void free_tagged(void* ctx) {
+TORCHDEVICE_HOT void free_tagged(void* ctx) {
   const auto tagged = reinterpret_cast<uintptr_t>(ctx);
   allocator_for(kType).record_free(kDevice, tagged >> kAddressBits);
   kDefaultCpuDeleter(reinterpret_cast<void*>(tagged & kAddressMask));
@@ -137,7 +138,7 @@ void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex devic
 
 // record_alloc and record_free run for every emulated tensor: `device` comes from a Device that
 // was checked when it was made, and the counters are updated without loops or floating point.
-void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
+TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
   auto& d = devices_[static_cast<size_t>(device)];
   d.mutex.lock();
   const auto bytes = static_cast<int64_t>(nbytes);
@@ -151,7 +152,7 @@ void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
   d.mutex.unlock();
 }
 
-void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
+TORCHDEVICE_HOT void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
   auto& d = devices_[static_cast<size_t>(device)];
   std::lock_guard<StatLock> lock(d.mutex);
   const size_t pool = static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
@@ -199,7 +200,7 @@ void EmulatedAllocator::copy_data(void* dest, const void* src, std::size_t count
   }
 }
 
-c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device) {
+TORCHDEVICE_HOT c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device) {
   const c10::Device dev(type_, device);
   void* data = host_data.get();
   if (data == nullptr) {
@@ -288,7 +289,7 @@ void EmulatedAllocator::reset_locks_after_fork() {
   for (auto& d : devices_) d.mutex.reset_after_fork();
 }
 
-EmulatedAllocator& allocator_for(c10::DeviceType type) {
+TORCHDEVICE_HOT EmulatedAllocator& allocator_for(c10::DeviceType type) {
   // Leaked on purpose: tensors freed during interpreter shutdown still call back into it.
   static auto* cuda = new EmulatedAllocator(c10::DeviceType::CUDA);
   static auto* mps = new EmulatedAllocator(c10::DeviceType::MPS);

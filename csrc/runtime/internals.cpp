@@ -1,4 +1,5 @@
 #include "runtime/internals.h"
+#include "runtime/hot_path.h"
 
 #include <ATen/detail/AcceleratorHooksInterface.h>
 #include <c10/core/TensorImpl.h>
@@ -53,7 +54,7 @@ c10::DispatchKeySet move_backend(c10::DispatchKeySet keys, c10::BackendComponent
 
 } // namespace
 
-void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
+TORCHDEVICE_HOT void relabel_tensor(c10::TensorImpl* impl, c10::Device device) {
   auto& keys = impl->*TensorImplAccess::key_set;
   keys = move_backend(keys, backend_of(device.type()));
   impl->*TensorImplAccess::device_opt = device;
