@@ -1,9 +1,9 @@
 #include "dispatch/fast_paths.h"
-#include "runtime/hot_path.h"
 
 #include "dispatch/device_check.h"
 #include "dispatch/standin.h"
 #include "runtime/device.h"
+#include "runtime/hot_path.h"
 
 #include <ATen/Operators.h>
 

@@ -1,7 +1,7 @@
 #include "dispatch/standin.h"
-#include "runtime/hot_path.h"
 
 #include "runtime/allocator.h"
+#include "runtime/hot_path.h"
 #include "runtime/internals.h"
 
 #include <c10/core/CPUAllocator.h>

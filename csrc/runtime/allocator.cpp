@@ -1,7 +1,7 @@
 #include "runtime/allocator.h"
-#include "runtime/hot_path.h"
 
 #include "runtime/device.h"
+#include "runtime/hot_path.h"
 #include "runtime/runner.h"
 
 #include <c10/core/CPUAllocator.h>
@@ -11,11 +11,11 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <utility>
 #include <cstring>
 #include <pthread.h>
 #include <unistd.h>
 #include <unordered_map>
+#include <utility>
 
 namespace torchdevice {
 namespace {
@@ -58,8 +58,9 @@ void free_adopted(void* ctx) {
 // Small blocks of c10's default CPU allocator (what CPU kernels give their outputs) are adopted
 // without an AdoptedBlock: allocating and freeing one was a fifth of what a small emulated op
 // costs over its CPU kernel. What the deleter needs besides the data pointer travels in the
-// context pointer's unused high bits (user-space addresses below 2^47 on x86-64 and arm64) and
-// in the choice of deleter (one per device type and index).
+// context pointer's high bits (checked per block: an address at or above 2^47, possible on
+// some arm64 and 5-level-paging systems, takes the AdoptedBlock path) and in the choice of
+// deleter (one per device type and index).
 constexpr int kAddressBits = 47;
 constexpr uint64_t kAddressMask = (uint64_t(1) << kAddressBits) - 1;
 constexpr uint64_t kMaxTaggedBytes = (uint64_t(1) << (64 - kAddressBits)) - 1;
@@ -91,6 +92,11 @@ void* tag_context(const c10::DataPtr& host, size_t nbytes) {
     return nullptr;
   }
   return reinterpret_cast<void*>(address | (static_cast<uintptr_t>(nbytes) << kAddressBits));
+}
+
+// CUDA's pool for a block: small up to 1 MiB, else large (index into a StatArray).
+size_t pool_of(size_t nbytes) {
+  return static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
 }
 
 size_t default_total_memory() {
@@ -143,7 +149,7 @@ TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, si
   d.mutex.lock();
   const auto bytes = static_cast<int64_t>(nbytes);
   if (C10_UNLIKELY(d.bytes[0].current + bytes > d.limit)) throw_out_of_memory(d, device, nbytes);
-  const size_t pool = static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
+  const size_t pool = pool_of(nbytes);
   d.blocks[0].increase(1);
   d.bytes[0].increase(nbytes);
   d.blocks[pool].increase(1);
@@ -155,7 +161,7 @@ TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, si
 TORCHDEVICE_HOT void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
   auto& d = devices_[static_cast<size_t>(device)];
   std::lock_guard<StatLock> lock(d.mutex);
-  const size_t pool = static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
+  const size_t pool = pool_of(nbytes);
   d.blocks[0].decrease(1);
   d.bytes[0].decrease(nbytes);
   d.blocks[pool].decrease(1);

@@ -1,4 +1,5 @@
 #include "runtime/internals.h"
+
 #include "runtime/hot_path.h"
 
 #include <ATen/detail/AcceleratorHooksInterface.h>
