@@ -28,6 +28,12 @@ class CallState {
  public:
   CallState(const c10::OperatorHandle& op, const Runner& runner) : standins(runner), op_(op), runner_(runner) {}
 
+  // The argument whose value the next lower() calls see (for the device rules of CPU tensors).
+  void set_argument(const c10::Argument& arg, bool written) {
+    arg_ = &arg;
+    written_ = written;
+  }
+
   // Replaces emulated tensors (also inside lists) and devices in `v` by their runner stand-ins.
   void lower(c10::IValue& v) {
     if (v.isTensor()) {
@@ -111,18 +117,29 @@ class CallState {
   bool note(const at::Tensor& t) {
     if (!t.defined()) return false;
     if (t.device().type() == c10::DeviceType::CPU) host_inputs_.push_back(t);
-    return devices_.note(t, [this] { return accepts_cpu_tensors(op_); });
+    return devices_.note(t, [this] { return accepts_cpu_tensors(op_, arg_); }, written_);
   }
 
   const c10::OperatorHandle& op_;
   const Runner& runner_;
   DeviceCheck<kType> devices_;
+  const c10::Argument* arg_ = nullptr;
+  bool written_ = false;
   std::optional<c10::Device> explicit_device_;
   bool explicit_non_emulated_device_ = false;
   bool has_generator_ = false;
   // Strong references, so that addresses cannot be reused by outputs (see StandIns).
   c10::SmallVector<at::Tensor, 4> host_inputs_;
 };
+
+// Quantized tensors (deprecated in PyTorch) have no emulated QuantizedCUDA backend: every op on
+// one would fail later with "Could not run ... 'QuantizedCUDA' backend", so their creation fails
+// now, saying why (creation with a device= goes to that backend and fails there the same way).
+[[noreturn]] void refuse_quantized(const c10::OperatorHandle& op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "torchdevice: '", op.schema().operator_name(),
+                              "' would make a quantized tensor on the emulated device, which has no quantized "
+                              "backend (QuantizedCUDA). Keep quantized tensors on the CPU.");
+}
 
 } // namespace
 
@@ -147,6 +164,7 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
   for (size_t i = 0; i < num_args; ++i) {
     c10::IValue& v = (*stack)[first_arg + i];
     const bool writes = args[i].alias_info() && args[i].alias_info()->isWrite();
+    call.set_argument(args[i], writes);
     if (writes && v.isTensor() && v.toTensor().defined() && v.toTensor().device().type() == kType) {
       at::Tensor original = v.toTensor();
       call.lower(v);
@@ -214,6 +232,7 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
       rebase_view(out, original_storage);
     } else {
       check_dtype_supported(kType, out.scalar_type());
+      if (C10_UNLIKELY(out.is_quantized())) refuse_quantized(op);
       adopt_output(out, device);
     }
     return std::nullopt;

@@ -29,8 +29,9 @@ class FastCall {
     return standins.make_reused(t);
   }
   at::Tensor lower(at::Tensor& t) {  // in-place self / out=: the caller's tensor is returned
-    at::Tensor standin = lower(static_cast<const at::Tensor&>(t)).get();
-    if (t.defined() && t.device().type() == kType) mutated_[mutated_count_++] = {standin, &t};
+    if (!t.defined() || !devices_.note(t, [] { return false; }, /*written=*/true)) return t;
+    at::Tensor standin = standins.make_reused(t).get();
+    mutated_[mutated_count_++] = {standin, &t};
     return standin;
   }
   std::optional<at::Tensor> lower(const std::optional<at::Tensor>& t) {

@@ -17,9 +17,14 @@ class HostCall {
  public:
   explicit HostCall(const c10::OperatorHandle& op) : op_(op) {}
 
+  void set_argument(const c10::Argument& arg, bool written) {
+    arg_ = &arg;
+    written_ = written;
+  }
+
   at::Tensor to_host(const at::Tensor& t) {
     // The same mixed-device errors as on the runner's own kernels.
-    if (!t.defined() || !devices_.note(t, [this] { return accepts_cpu_tensors(op_); })) return t;
+    if (!t.defined() || !devices_.note(t, [this] { return accepts_cpu_tensors(op_, arg_); }, written_)) return t;
     if (!device_) device_ = t.device();
     for (const auto& c : copies_) {
       if (c.original.unsafeGetTensorImpl() == t.unsafeGetTensorImpl()) return c.host;
@@ -81,6 +86,8 @@ class HostCall {
  private:
   const c10::OperatorHandle& op_;
   DeviceCheck<kType> devices_;
+  const c10::Argument* arg_ = nullptr;
+  bool written_ = false;
   struct Copy {
     at::Tensor original;
     at::Tensor host;
@@ -102,6 +109,7 @@ void run_on_host(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     c10::IValue& v = (*stack)[first + i];
     call.note_host_input(v);
     const bool writes = args[i].alias_info() && args[i].alias_info()->isWrite();
+    call.set_argument(args[i], writes);
     if (writes && v.isTensor() && v.toTensor().defined() && v.toTensor().device().type() == kType) {
       written.push_back(v.toTensor());
     } else if (writes && v.isTensorList()) {

@@ -106,6 +106,10 @@ at::Generator new_generator(c10::DeviceType type, c10::DeviceIndex index) {
   if (index < 0) {
     index = current_device(type);
   }
+  if (type == c10::DeviceType::CUDA) {
+    // createCUDAGenerator's own check (torch.Generator(device='cuda:N') on a GPU).
+    TORCH_CHECK(index < device_count(type), "The device_index is invalid.");
+  }
   check_device_index(type, index);
   return at::make_generator<EmulatedGenerator>(c10::Device(type, index),
                                                runner_for(type).new_generator(index, c10::default_rng_seed_val));

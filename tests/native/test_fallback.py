@@ -96,3 +96,72 @@ def test_lazy_clone_is_a_materialized_copy():
     assert torch.equal(clone.cpu(), expected)
     original.fill_(-1)
     assert torch.equal(clone.cpu(), expected)
+
+
+# --- where a CPU tensor may join cuda ones (as CUDA kernels check) --------------------------
+
+_MIXED = r"Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!"
+
+
+@pytest.mark.parametrize("out_shape", [[], [3]], ids=["0-dim", "1-dim"])
+def test_out_on_cpu_is_refused_even_as_a_scalar(out_shape):
+    t = torch.tensor([0.0, 1.0, 1.0], device="cuda")
+    with pytest.raises(RuntimeError, match="on the same device"):
+        torch.nonzero(t, out=torch.empty(out_shape, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=_MIXED):
+        torch.add(t, t, out=torch.empty(out_shape))
+
+
+def test_inplace_on_cpu_scalar_with_cuda_operand_is_refused():
+    with pytest.raises(RuntimeError, match="on the same device"):
+        torch.zeros(()).add_(torch.ones(3, device="cuda").sum())
+
+
+def test_cpu_scalar_inputs_still_join_cuda_ones():
+    t = torch.ones(3, device="cuda")
+    assert torch.equal((t * torch.tensor(2.0)).cpu(), torch.full((3,), 2.0))
+    out = torch.empty(3, device="cuda")
+    torch.mul(t, torch.tensor(3.0), out=out)
+    assert torch.equal(out.cpu(), torch.full((3,), 3.0))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_index_put_takes_cpu_indices_but_not_cpu_values(accumulate):
+    b = torch.zeros(5, device="cuda")
+    idx = torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match=_MIXED):
+        torch.index_put_(b, (idx,), torch.tensor([1.0, 2.0]), accumulate=accumulate)
+    # CPU indices, cuda values, and 0-dim CPU values (moved to the device) are fine on a GPU.
+    torch.index_put_(b, (idx,), torch.tensor([1.0, 2.0], device="cuda"), accumulate=accumulate)
+    b[torch.tensor([3])] = torch.tensor(7.0)
+    expected = torch.zeros(5)
+    torch.index_put_(expected, (idx,), torch.tensor([1.0, 2.0]), accumulate=accumulate)
+    expected[3] = 7.0
+    assert torch.equal(b.cpu(), expected)
+    assert torch.equal(b[idx].cpu(), expected[idx])
+
+
+def test_cpu_self_with_cuda_indices_is_refused():
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.zeros(5)[torch.tensor([0, 1], device="cuda")]
+
+
+def test_block_diag_names_the_devices_as_on_a_gpu():
+    with pytest.raises(RuntimeError, match=r"torch.block_diag: input tensors must all be on the same device. "
+                                           r"Input 0 is on device cpu and input 1 is on device cuda:0"):
+        torch.block_diag(torch.ones(2, 2), torch.ones(2, 2, device="cuda"))
+    a, b = torch.randn(2, 3), torch.randn(1, 2)
+    assert torch.equal(torch.block_diag(a.cuda(), b.cuda()).cpu(), torch.block_diag(a, b))
+
+
+def test_generator_for_a_missing_device_is_refused_as_by_cuda():
+    with pytest.raises(RuntimeError, match="The device_index is invalid."):
+        torch.Generator(device=f"cuda:{torch.cuda.device_count()}")
+
+
+def test_quantized_tensors_are_refused_at_creation_on_the_device():
+    # No emulated QuantizedCUDA backend: creation fails saying so, not every later op.
+    with pytest.raises(NotImplementedError, match="no quantized backend"):
+        torch.quantize_per_tensor(torch.randn(4, device="cuda"), 0.1, 0, torch.quint8)
+    with pytest.raises(NotImplementedError, match="QuantizedCUDA"):
+        torch._empty_affine_quantized([2], scale=0.1, zero_point=0, dtype=torch.quint8, device="cuda")
