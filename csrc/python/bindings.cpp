@@ -1,5 +1,6 @@
 // Python bindings of torchdevice's native core (torchdevice._C).
 #include "activate.h"
+#include "python/legacy_types.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
@@ -181,4 +182,8 @@ PYBIND11_MODULE(_C, m) {
     const auto& gen = torchdevice::default_generator(parse_type(type), static_cast<c10::DeviceIndex>(index));
     return py::reinterpret_steal<py::object>(THPGenerator_initDefaultGenerator(gen));
   });
+
+  m.def("install_legacy_constructor", &torchdevice::python::install_legacy_constructor, py::arg("tensor_type"),
+        py::arg("dtype"));
+  m.def("restore_legacy_constructors", &torchdevice::python::restore_legacy_constructors);
 }

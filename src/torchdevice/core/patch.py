@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable
 
 _MISSING = object()
+_NATIVE = object()
 
 
 @dataclasses.dataclass
@@ -19,6 +20,8 @@ class Patch:
     original: Any
     replacement: Any
     owner: str
+    # For a change made in native code (not an attribute): how to put torch's behaviour back.
+    undo: Callable[[], None] | None = None
 
     @property
     def qualname(self) -> str:
@@ -42,6 +45,10 @@ class PatchRegistry:
         self._patches.append(Patch(target, name, original, replacement, owner))
         return replacement
 
+    def native(self, target: Any, name: str, *, undo: Callable[[], None], owner: str) -> None:
+        """Record a change the native core made to ``target.name`` (a C slot Python cannot set)."""
+        self._patches.append(Patch(target, name, _NATIVE, None, owner, undo))
+
     def patch_function(self, target: Any, name: str, *, owner: str) -> Callable[[Callable], Callable]:
         """Decorator form of :meth:`patch`."""
 
@@ -60,7 +67,9 @@ class PatchRegistry:
 
     def undo_all(self) -> None:
         for p in reversed(self._patches):
-            if p.original is _MISSING:
+            if p.undo is not None:
+                p.undo()
+            elif p.original is _MISSING:
                 try:
                     delattr(p.target, p.name)
                 except AttributeError:
@@ -72,7 +81,7 @@ class PatchRegistry:
     def describe(self) -> str:
         lines = [f"{len(self._patches)} patches applied by torchdevice:"]
         for p in self._patches:
-            lines.append(f"  {p.qualname:<48} {'added' if p.added else 'replaced'}  ({p.owner})")
+            lines.append(f"  {p.qualname:<48} {'native' if p.undo else 'added' if p.added else 'replaced'}  ({p.owner})")
         return "\n".join(lines)
 
 
