@@ -11,6 +11,11 @@ every other device to torch.
 ``UntypedStorage.resize_`` has the same gap (torch's binding knows CPU and the real CUDA caching
 allocator only, "built without USE_CUDA"); FSDP frees and regrows parameter storages with it.
 Emulated storages are resized by the native core through the emulated allocator.
+
+``UntypedStorage._share_cuda_`` (what ``torch.multiprocessing`` calls to send a cuda tensor to
+another process) hands out a CUDA IPC handle. A CPU build's binding answers "CUDA is not
+available" for every storage; here a non-cuda storage gets CUDA's own error, and an emulated one
+a clear error: there is no IPC handle for host memory.
 """
 
 from __future__ import annotations
@@ -68,6 +73,16 @@ def _untyped_storage_resize(self: torch.UntypedStorage, size: int) -> torch.Unty
     return self
 
 
+def _share_cuda(self: torch.UntypedStorage, *args: Any, **kwargs: Any) -> Any:
+    if self.device.type != _TYPE:
+        raise RuntimeError("_share_cuda_: only available on CUDA")  # THPStorage_shareCuda's check
+    raise RuntimeError(
+        "torchdevice: sharing a cuda tensor with another process (CUDA IPC, torch.multiprocessing) needs a real "
+        "GPU; the emulated device's memory is host memory. Move the tensor to the CPU before sending it."
+    )
+
+
 def apply_patches() -> None:
     REGISTRY.patch(torch.storage.UntypedStorage, "__new__", staticmethod(_untyped_storage_new), owner=OWNER)
     REGISTRY.patch(torch.UntypedStorage, "resize_", _untyped_storage_resize, owner=OWNER)
+    REGISTRY.patch(torch.UntypedStorage, "_share_cuda_", _share_cuda, owner=OWNER)
