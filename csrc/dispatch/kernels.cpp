@@ -3,6 +3,7 @@
 #include "dispatch/standin.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
+#include "runtime/timeline.h"
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/TensorIterator.h>
@@ -73,6 +74,12 @@ at::Tensor empty_strided(c10::SymIntArrayRef size, c10::SymIntArrayRef stride, s
 // memory on both sides, the CPU copy kernel).
 template <c10::DeviceType kType>
 at::Tensor& copy_(at::Tensor& self, const at::Tensor& src, bool non_blocking) {
+  if (!non_blocking && (self.is_cpu() || src.is_cpu())) {
+    // A blocking copy to or from the host waits for the device's current stream, as
+    // cudaMemcpy does (only torch.cuda._sleep can have left it busy: runtime/timeline.h).
+    const c10::Device device = self.is_cpu() ? src.device() : self.device();
+    timeline::host_wait(timeline::ready_at(c10::impl::getDeviceGuardImpl(kType)->getStream(device)));
+  }
   const Runner& runner = runner_for(kType);
   StandIns standins(runner);
   at::Tensor self_on_runner = self.device().type() == kType ? standins.make(self) : self;

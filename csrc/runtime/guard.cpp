@@ -2,6 +2,7 @@
 
 #include "runtime/device.h"
 #include "runtime/runner.h"
+#include "runtime/timeline.h"
 
 #include <c10/util/Exception.h>
 
@@ -26,7 +27,8 @@ int slot(c10::DeviceType type) {
 
 struct EmulatedEvent {
   c10::DeviceIndex device;
-  std::chrono::steady_clock::time_point recorded_at;
+  // When the stream reaches the event: now, or later when the stream has queued work (timeline.h).
+  timeline::Clock::time_point completes_at;
   bool recorded = false;
 };
 
@@ -57,6 +59,9 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
 
   c10::Stream getStream(c10::Device d) const override {
     const auto index = d.has_index() ? d.index() : current_device(type_);
+    // c10::cuda::getCurrentCUDAStream's check and wording (torch.accelerator.current_stream(n)).
+    TORCH_CHECK(index >= 0 && index < device_count(type_), "Device index value ", int(index),
+                " is out of index range [0, ", device_count(type_), ")");
     return c10::Stream(c10::Stream::UNSAFE, c10::Device(type_, index), t_current_stream[slot(type_)][index]);
   }
   c10::Stream getDefaultStream(c10::Device d) const override {
@@ -90,29 +95,42 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     auto* e = static_cast<EmulatedEvent*>(*event);
     // A device runner queues its kernels: the event's time is when the queued work finished.
     runner_for(type_).synchronize(stream.device_index());
-    e->recorded_at = std::chrono::steady_clock::now();
+    e->completes_at = std::max(timeline::Clock::now(), timeline::ready_at(stream));
     e->recorded = true;
   }
-  void block(void* /*event*/, const c10::Stream& /*stream*/) const override {}
-  bool queryEvent(void* /*event*/) const override { return true; }
-  void synchronizeEvent(void* /*event*/) const override {}
+  void block(void* event, const c10::Stream& stream) const override {
+    if (event != nullptr) timeline::wait_for(stream, static_cast<EmulatedEvent*>(event)->completes_at);
+  }
+  bool queryEvent(void* event) const override {
+    return event == nullptr || static_cast<EmulatedEvent*>(event)->completes_at <= timeline::Clock::now();
+  }
+  void synchronizeEvent(void* event) const override {
+    if (event != nullptr) timeline::host_wait(static_cast<EmulatedEvent*>(event)->completes_at);
+  }
   double elapsedTime(void* start, void* end, const c10::DeviceIndex /*device_index*/) const override {
     TORCH_CHECK(start && end, "Both events must be recorded before calculating elapsed time.");
     auto* s = static_cast<EmulatedEvent*>(start);
     auto* e = static_cast<EmulatedEvent*>(end);
     TORCH_CHECK(s->recorded && e->recorded, "Both events must be recorded before calculating elapsed time.");
-    return std::chrono::duration<double, std::milli>(e->recorded_at - s->recorded_at).count();
+    return std::chrono::duration<double, std::milli>(e->completes_at - s->completes_at).count();
   }
 
   c10::DeviceIndex deviceCount() const noexcept override {
     return static_cast<c10::DeviceIndex>(device_count(type_));
   }
-  bool queryStream(const c10::Stream& /*stream*/) const override { return true; }
+  bool queryStream(const c10::Stream& stream) const override {
+    return timeline::ready_at(stream) <= timeline::Clock::now();
+  }
   // Execution is in order on one queue per device (cpu runner: synchronous), so a stream or a
-  // device is synchronized by waiting for the runner device.
-  void synchronizeStream(const c10::Stream& stream) const override { runner_for(type_).synchronize(stream.device_index()); }
+  // device is synchronized by waiting for the runner device, then for its timeline.
+  void synchronizeStream(const c10::Stream& stream) const override {
+    runner_for(type_).synchronize(stream.device_index());
+    timeline::host_wait(timeline::ready_at(stream));
+  }
   void synchronizeDevice(const c10::DeviceIndex device_index) const override {
-    runner_for(type_).synchronize(device_index < 0 ? current_device(type_) : device_index);
+    const auto index = device_index < 0 ? current_device(type_) : device_index;
+    runner_for(type_).synchronize(index);
+    timeline::host_wait(timeline::device_ready_at(c10::Device(type_, index)));
   }
   void recordDataPtrOnStream(const c10::DataPtr& /*data_ptr*/, const c10::Stream& /*stream*/) const override {}
 

@@ -1,8 +1,8 @@
 // Device guard for an emulated device type: current device, streams and events.
 //
-// Execution is synchronous (every kernel has finished when it returns), so streams only keep
-// their identity and events only keep the time they were recorded; the API semantics
-// (ordering, query() == true, elapsed_time) hold as on a GPU.
+// Execution is synchronous (every kernel has finished when it returns), so streams keep their
+// identity and events the time the stream reached them; only work that outlasts its call
+// (torch.cuda._sleep, runtime/timeline.h) makes a stream or an event not ready yet.
 #pragma once
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>

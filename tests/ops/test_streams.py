@@ -1,7 +1,8 @@
 """torch.cuda streams and events, checked against CUDA's documented semantics.
 
-Execution is synchronous, so every stream is idle (``query()`` True) and waits return at once;
-the rest must hold as on a GPU: types, identity, current stream per device and thread, event
+Execution is synchronous, so a stream is idle (``query()`` True) once an op returns, except
+behind ``torch.cuda._sleep``, whose spin kernel keeps it busy as on a GPU; the rest must hold as
+on a GPU: types, identity, current stream per device and thread, event
 timing in ms and the errors CUDA raises (c10/cuda/CUDAEvent.h, torch/cuda/streams.py).
 """
 
@@ -211,3 +212,65 @@ def test_event_keeps_its_first_device(run_snippet):
         TORCHDEVICE_DEVICE_COUNT="2",
     )
     assert out.splitlines() == ["Event device 0 does not match recording stream's device 1.", "cuda:1 64 cuda:1"]
+
+
+# torch.cuda._sleep's spin kernel: the stream stays busy for its cycles (clock_rate kHz = cycles/ms).
+def _sleep_ms(ms: float) -> None:
+    torch.cuda._sleep(int(ms * torch.cuda.get_device_properties(0).clock_rate))
+
+
+def test_sleep_keeps_the_stream_busy_until_synchronized():
+    stream = torch.cuda.current_stream()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    stream.record_event(start)
+    _sleep_ms(50)
+    stream.record_event(end)
+    assert not stream.query() and not end.query()  # the spin kernel is still running
+    before = time.perf_counter()
+    end.synchronize()
+    assert time.perf_counter() - before > 0.02
+    assert end.query() and stream.query()
+    assert 45.0 <= start.elapsed_time(end) < 1000.0
+
+
+def test_an_event_recorded_before_the_sleep_is_already_complete():
+    torch.cuda.synchronize()
+    earlier = torch.cuda.Event()
+    earlier.record()
+    _sleep_ms(30)
+    assert earlier.query()
+    torch.cuda.synchronize()
+    assert torch.cuda.current_stream().query()
+
+
+def test_blocking_copies_wait_for_the_stream_non_blocking_ones_do_not():
+    stream = torch.cuda.current_stream()
+    x = torch.randn(100, device="cuda")
+    torch.cuda.synchronize()
+    _sleep_ms(50)
+    y = x.to("cpu", non_blocking=True)
+    assert not stream.query() and y.is_pinned()
+    stream.synchronize()
+    _sleep_ms(50)
+    z = x.to("cpu")  # cudaMemcpy semantics: returns once the stream has reached the copy
+    assert stream.query() and not z.is_pinned()
+    assert torch.equal(y, z)
+
+
+def test_a_stream_waiting_on_an_event_is_busy_until_it_completes():
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        _sleep_ms(50)
+    main = torch.cuda.current_stream()
+    assert main.query() and not side.query()  # the sleep went to the side stream only
+    main.wait_stream(side)
+    assert not main.query()
+    torch.cuda.synchronize()
+    assert main.query() and side.query()
+
+
+def test_current_stream_of_a_device_that_does_not_exist_raises_cudas_error():
+    with pytest.raises(RuntimeError, match=r"Device index value 1 is out of index range \[0, 1\)"):
+        torch.accelerator.current_stream(torch.accelerator.device_count())

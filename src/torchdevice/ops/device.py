@@ -20,7 +20,7 @@ import torch.cuda
 
 from torchdevice import _C
 from torchdevice.core.patch import REGISTRY
-from torchdevice.shims.cuda import _capability
+from torchdevice.shims.cuda import CLOCK_RATE_KHZ, _capability
 
 OWNER = "ops.device"
 _TYPE = "cuda"
@@ -83,8 +83,12 @@ def apply_patches() -> None:
 
     @patch(C, "_cuda_sleep", owner=OWNER)
     def _cuda_sleep(cycles: int) -> None:
-        # torch.cuda._sleep queues a spin kernel; it would have finished by now too.
-        return None
+        # A spin kernel of `cycles` clock cycles on the current stream: the stream stays busy
+        # that long (query() False, synchronize() waits), at the clock rate the properties report.
+        index = _C.current_device(_TYPE)
+        stream = torch._C._accelerator_getStream(index)
+        nanoseconds = int(cycles) * 1_000_000 // CLOCK_RATE_KHZ
+        _C.keep_stream_busy(_TYPE, index, int(stream.stream_id), nanoseconds)
 
     # torch.cuda's module-level aliases were bound to fallbacks at import; the shims put the
     # emulated ones in place, and these keep torch.cuda.is_bf16_supported honest without

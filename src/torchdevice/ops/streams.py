@@ -6,7 +6,9 @@ where ``_CudaStreamBase``/``_CudaEventBase`` derive from them), so every call go
 emulated C++ guard: per-thread current streams, events that record a host timestamp.
 
 Kernels run synchronously, so work "submitted to a stream" has finished when the call returns:
-``query()`` is True, ``synchronize``/``wait_*`` return at once. Everything observable through
+``query()`` is True, ``synchronize``/``wait_*`` return at once, except behind
+``torch.cuda._sleep``, whose spin kernel keeps the stream busy for its cycles as on a GPU
+(csrc/runtime/timeline.h). Everything observable through
 the API still holds: stream identity and equality, the current stream per device and thread,
 event recording order, timing in milliseconds, and CUDA's errors for misuse (elapsed time
 without ``enable_timing`` or before recording).
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 from typing import Any
 
 import torch
@@ -175,10 +176,10 @@ class Event(torch.Event):
                 f"Event device {device.index} does not match recording stream's device {stream.device_index}."
             )
         super().record(stream)
-        # Work before the record has completed (synchronous execution): the host clock now is
-        # when the GPU would have reached the event. Kept here because torch.Event's own
-        # elapsed_time accepts only exact torch.Event arguments.
-        self._recorded_ns = time.perf_counter_ns()
+        # When the stream reaches the event: now, or when its queued work (torch.cuda._sleep)
+        # ends. Kept here because torch.Event's own elapsed_time accepts only exact torch.Event
+        # arguments.
+        self._recorded_ns = _C.stream_ready_ns(_TYPE, int(stream.device_index), int(stream.stream_id))
 
     def wait(self, stream: torch.Stream | None = None) -> None:
         if stream is None:
