@@ -9,6 +9,7 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -121,9 +122,20 @@ EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex d
   return devices_[device];
 }
 
+size_t EmulatedAllocator::context_bytes() const {
+  // A GPU never gives PyTorch all of its memory: the CUDA context (kernels, cuBLAS/cuDNN
+  // handles) holds about half a GiB, so filling total_memory exactly fails there (PyTorch's
+  // test_out_of_memory_retry relies on it). MPS shares unified memory and has no such share.
+  if (type_ != c10::DeviceType::CUDA) return 0;
+  constexpr size_t kCudaContextBytes = size_t{512} << 20;
+  return std::min(kCudaContextBytes, total_memory_ / 32);
+}
+
 void EmulatedAllocator::update_limit(PerDevice& d) {
   const double limit = d.fraction * static_cast<double>(total_memory_);  // may be +inf (no limit)
-  d.limit = limit >= static_cast<double>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(limit);
+  const auto usable = static_cast<double>(total_memory_ - context_bytes());
+  const double capped = type_ == c10::DeviceType::CUDA ? std::min(limit, usable) : limit;
+  d.limit = capped >= static_cast<double>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(capped);
 }
 
 void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes) {
@@ -136,7 +148,7 @@ void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex devic
   TORCH_CHECK_WITH(OutOfMemoryError, false,
       name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(nbytes),
       ". GPU ", int(device), " has a total capacity of ", c10::CachingAllocator::format_size(total_memory_),
-      " of which ", c10::CachingAllocator::format_size(total_memory_ - std::min<size_t>(total_memory_, in_use)),
+      " of which ", c10::CachingAllocator::format_size(free_bytes(in_use)),
       " is free. Of the allocated memory ", c10::CachingAllocator::format_size(in_use),
       " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
       " (torchdevice: the per-process memory fraction is ", fraction, ")");
@@ -178,6 +190,11 @@ c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex devi
   if (nbytes == 0) {
     return c10::DataPtr(nullptr, dev);  // like cudaMalloc-backed allocators: no block for 0 bytes
   }
+  // CUDA's caching allocator refuses these up front, before any accounting or OOM count.
+  constexpr size_t kOneExabyte = size_t{1} << 60;
+  TORCH_CHECK_WITH(OutOfMemoryError, nbytes < kOneExabyte,
+                   type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_),
+                   " out of memory. Tried to allocate more than 1EB memory.");
   const Runner& runner = runner_for(type_);
   if (c10::Allocator* real = runner.allocator()) {
     // Device memory of the runner (its caching allocator serves its current device).
@@ -257,8 +274,12 @@ void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
 std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<StatLock> lock(d.mutex);
-  const auto used = static_cast<size_t>(d.bytes[0].current);
-  return {total_memory_ - std::min(total_memory_, used), total_memory_};
+  return {free_bytes(static_cast<size_t>(d.bytes[0].current)), total_memory_};
+}
+
+size_t EmulatedAllocator::free_bytes(size_t in_use) const {
+  const size_t taken = in_use + context_bytes();
+  return total_memory_ - std::min(total_memory_, taken);
 }
 
 void EmulatedAllocator::set_total_memory(size_t bytes) {
@@ -307,86 +328,6 @@ TORCHDEVICE_HOT EmulatedAllocator& allocator_for(c10::DeviceType type) {
   }();
   (void)fork_handler;
   return type == c10::DeviceType::MPS ? *mps : *cuda;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pinned host memory.
-namespace {
-
-std::mutex g_pinned_mutex;
-// Pinned block base -> size; guarded by g_pinned_mutex like the stats.
-std::unordered_map<const void*, size_t>& pinned_blocks() {
-  static auto* blocks = new std::unordered_map<const void*, size_t>();
-  return *blocks;
-}
-HostStats g_host_stats;
-
-void free_pinned(void* data) {
-  {
-    std::lock_guard<std::mutex> lock(g_pinned_mutex);
-    auto it = pinned_blocks().find(data);
-    if (it != pinned_blocks().end()) {
-      g_host_stats.allocations.decrease(1);
-      g_host_stats.allocated_bytes.decrease(it->second);
-      ++g_host_stats.num_host_free;
-      pinned_blocks().erase(it);
-    }
-  }
-  c10::free_cpu(data);
-}
-
-class PinnedAllocator final : public c10::Allocator {
- public:
-  c10::DataPtr allocate(size_t nbytes) override {
-    if (nbytes == 0) {
-      return c10::DataPtr(nullptr, c10::Device(c10::DeviceType::CPU));
-    }
-    void* data = c10::alloc_cpu(nbytes);
-    {
-      std::lock_guard<std::mutex> lock(g_pinned_mutex);
-      pinned_blocks().emplace(data, nbytes);
-      g_host_stats.allocations.increase(1);
-      g_host_stats.allocated_bytes.increase(nbytes);
-      ++g_host_stats.num_host_alloc;
-    }
-    return c10::DataPtr(data, data, &free_pinned, c10::Device(c10::DeviceType::CPU));
-  }
-  c10::DeleterFnPtr raw_deleter() const override { return &free_pinned; }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    std::memcpy(dest, src, count);
-  }
-};
-
-} // namespace
-
-c10::Allocator* pinned_allocator() {
-  static auto* alloc = new PinnedAllocator();
-  return alloc;
-}
-
-bool is_pinned_ptr(const void* data) {
-  std::lock_guard<std::mutex> lock(g_pinned_mutex);
-  // Blocks are looked up by their base, which is what is_pinned() passes (the storage's data).
-  return pinned_blocks().count(data) != 0;
-}
-
-HostStats host_stats() {
-  std::lock_guard<std::mutex> lock(g_pinned_mutex);
-  return g_host_stats;
-}
-
-void reset_host_peak_stats() {
-  std::lock_guard<std::mutex> lock(g_pinned_mutex);
-  g_host_stats.allocations.reset_peak();
-  g_host_stats.allocated_bytes.reset_peak();
-}
-
-void reset_host_accumulated_stats() {
-  std::lock_guard<std::mutex> lock(g_pinned_mutex);
-  g_host_stats.allocations.reset_accumulated();
-  g_host_stats.allocated_bytes.reset_accumulated();
-  g_host_stats.num_host_alloc = 0;
-  g_host_stats.num_host_free = 0;
 }
 
 } // namespace torchdevice

@@ -63,11 +63,13 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
     int64_t num_device_free = 0;
     int64_t num_ooms = 0;
     double fraction = 1.0;
-    int64_t limit = INT64_MAX;  // fraction * total memory, in bytes
+    int64_t limit = INT64_MAX;  // fraction * total memory (CUDA: at most total - context), in bytes
   };
   PerDevice& device_state(c10::DeviceIndex device);
   void record_alloc(c10::DeviceIndex device, size_t nbytes);
   void update_limit(PerDevice& d);  // with d.mutex held
+  size_t context_bytes() const;       // what the CUDA context would hold of total_memory
+  size_t free_bytes(size_t in_use) const;  // cudaMemGetInfo's free: total - context - in use
   [[noreturn]] void throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes);
 
   c10::DeviceType type_;
@@ -77,21 +79,5 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
 
 // The allocator of an emulated device type (one instance per type, never freed).
 EmulatedAllocator& allocator_for(c10::DeviceType type);
-
-// Host allocator for pin_memory(): pinned-ness is a property of the pointer, as with cudaHostAlloc.
-c10::Allocator* pinned_allocator();
-bool is_pinned_ptr(const void* data);
-
-// torch.cuda.host_memory_stats(): the pinned allocator's counters (nothing is cached, so every
-// request is one host allocation).
-struct HostStats {
-  c10::CachingAllocator::Stat allocations;
-  c10::CachingAllocator::Stat allocated_bytes;
-  int64_t num_host_alloc = 0;
-  int64_t num_host_free = 0;
-};
-HostStats host_stats();
-void reset_host_peak_stats();
-void reset_host_accumulated_stats();
 
 } // namespace torchdevice

@@ -2,6 +2,7 @@
 
 #include "runtime/allocator.h"
 #include "runtime/device.h"
+#include "runtime/pinned_memory.h"
 #include "runtime/generator.h"
 #include "runtime/internals.h"
 

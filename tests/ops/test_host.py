@@ -129,11 +129,54 @@ def test_tunableop_is_off_and_jiterator_says_why():
         doubler(torch.ones(2, device="cuda"))
 
 
-def test_host_memory_stats():
-    pinned = torch.empty(1024, dtype=torch.uint8).pin_memory()
+def test_host_memory_stats_count_as_cudas_caching_host_allocator():
+    torch._C._host_emptyCache()
+    before = torch.cuda.host_memory_stats()
+    pinned = torch.empty(40960, dtype=torch.uint8, pin_memory=True)  # rounded up to 64 KiB
+    ptr = pinned.data_ptr()
     stats = torch.cuda.host_memory_stats()
-    assert stats["allocated_bytes.current"] >= 1024
+    for family in ("allocated_bytes", "active_bytes"):
+        assert stats[f"{family}.current"] - before[f"{family}.current"] == 65536
+    assert stats["num_host_alloc"] - before["num_host_alloc"] == 1
+    assert stats["host_alloc_time.count"] - before["host_alloc_time.count"] == 1
     del pinned
+    stats = torch.cuda.host_memory_stats()
+    assert stats["active_bytes.current"] == before["active_bytes.current"]
+    assert stats["allocated_bytes.current"] - before["allocated_bytes.current"] == 65536  # kept for reuse
+    again = torch.empty(50000, dtype=torch.uint8, pin_memory=True)  # same size class: the cached block
+    assert again.data_ptr() == ptr and again.is_pinned()
+    assert torch.cuda.host_memory_stats()["num_host_alloc"] == stats["num_host_alloc"]
+    del again
+    torch._C._host_emptyCache()
+    stats = torch.cuda.host_memory_stats()
+    assert stats["allocated_bytes.current"] == before["allocated_bytes.current"]
+    assert stats["num_host_free"] - before["num_host_free"] == 1
+    torch.cuda.reset_accumulated_host_memory_stats()
+    assert torch.cuda.host_memory_stats()["num_host_alloc"] == 0
+
+
+def test_cuda_host_register_pins_a_range():
+    cudart = torch.cuda.cudart()
+    t = torch.ones(20)
+    assert not t.is_pinned()
+    assert cudart.cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0) == 0
+    assert t.is_pinned() and t[5:].is_pinned()
+    assert cudart.cudaHostRegister(t.data_ptr(), 4, 0) == 712  # cudaErrorHostMemoryAlreadyRegistered
+    assert cudart.cudaHostUnregister(t.data_ptr()) == 0
+    assert not t.is_pinned()
+    assert cudart.cudaHostUnregister(t.data_ptr()) == 713  # cudaErrorHostMemoryNotRegistered
+
+
+def test_is_pinned_needs_no_cuda_op_first(run_snippet):
+    # torch.cuda.cudart() initializes CUDA, which ATen's is_pinned() requires before it asks.
+    out = run_snippet(
+        """
+        t = torch.ones(20)
+        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), 80, 0)
+        print(t.is_pinned())
+        """
+    )
+    assert out.strip() == "True"
 
 
 def test_empty_cache_is_silent():

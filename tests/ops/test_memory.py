@@ -232,12 +232,13 @@ def test_list_gpu_processes_reports_this_process():
 def test_mem_get_info_follows_the_allocator(cuda_memory_baseline):
     free, total = torch.cuda.mem_get_info()
     assert total == torch.cuda.get_device_properties(0).total_memory
-    assert free == total - torch.cuda.memory_reserved()
+    context = total - torch.cuda.memory_reserved() - free  # what the CUDA context would hold
+    assert 0 < context <= 512 * MiB
     x = torch.empty(4 * MiB, dtype=torch.uint8, device="cuda")
     assert torch.cuda.mem_get_info(0) == (free - 4 * MiB, total)
     assert torch.cuda.memory.mem_get_info("cuda:0") == (free - 4 * MiB, total)
     del x
-    assert torch.cuda.device_memory_used() == torch.cuda.memory_reserved()
+    assert torch.cuda.device_memory_used() == torch.cuda.memory_reserved() + context
     with pytest.raises(torch.AcceleratorError, match="invalid device ordinal"):
         torch.cuda.mem_get_info(3)
 
@@ -346,3 +347,23 @@ def test_memory_reads_are_silent():
         torch.cuda.memory_allocated()
         torch.cuda.memory_stats()
         torch.cuda.mem_get_info()
+
+
+def test_more_than_an_exabyte_is_refused_up_front():
+    ooms = torch.cuda.memory_stats()["num_ooms"]
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"^CUDA out of memory\. Tried to allocate more than 1EB memory\.$"):
+        torch.empty(1024**3 * 8_000_000_000, dtype=torch.int8, device="cuda")
+    assert torch.cuda.memory_stats()["num_ooms"] == ooms  # CUDA checks before it counts an OOM
+
+
+def test_the_cuda_context_keeps_a_share_of_total_memory(cuda_memory_baseline):
+    # As on a GPU, PyTorch never gets all of total_memory: two halves do not fit (PyTorch's
+    # test_out_of_memory_retry), and mem_get_info's free leaves the context's share out.
+    total = torch.cuda.get_device_properties(0).total_memory
+    free, _ = torch.cuda.mem_get_info()
+    assert 0 < total - cuda_memory_baseline - free <= 512 * MiB
+    half = int(total * 0.5)
+    a = torch.empty(half, dtype=torch.int8, device="cuda")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="Tried to allocate"):
+        torch.empty(half, dtype=torch.int8, device="cuda")
+    del a

@@ -660,12 +660,5 @@ def apply_patches() -> None:
 
         REGISTRY.patch(graphs, "_dump_graph_dot", _dump_graph_dot, owner=OWNER)
 
-    # torch.cuda.graph() empties the pinned host allocator's cache before capturing. The
-    # emulated pinned memory keeps no cache (host memory is returned when freed).
-    def _host_emptyCache() -> None:
-        return None
-
-    if not hasattr(C, "_host_emptyCache"):
-        REGISTRY.patch(C, "_host_emptyCache", _host_emptyCache, owner=OWNER)
     if not hasattr(C, "_cuda_CUDAAllocator_AllocatorState"):
         REGISTRY.patch(C, "_cuda_CUDAAllocator_AllocatorState", AllocatorState, owner=OWNER)

@@ -97,10 +97,11 @@ class _Cudart:
         return cudaError.success
 
     def cudaHostRegister(self, ptr: int, size: int, flags: int) -> int:
-        return cudaError.success
+        # The range counts as pinned (tensor.is_pinned()) until unregistered.
+        return _C.host_register(int(ptr), int(size))
 
     def cudaHostUnregister(self, ptr: int) -> int:
-        return cudaError.success
+        return _C.host_unregister(int(ptr))
 
     def cudaStreamCreate(self, ptr: int) -> int:
         return cudaError.success
@@ -187,9 +188,19 @@ def apply_patches() -> None:
     for name, library in (("_cuda_getCurrentBlasHandle", "cuBLAS"), ("_cuda_getCurrentSolverHandle", "cuSOLVER")):
         REGISTRY.patch(C, name, _unavailable(name, f"the emulated device has no {library} handle: its kernels run on the host"), owner=OWNER)
 
+    # No cuBLAS workspaces are allocated (matmuls run on the host BLAS); the calls that size and
+    # free them (setBlasBackendsToDefaultFinally, users resetting CUBLAS_WORKSPACE_CONFIG) have
+    # nothing to do. A CUDA build has its own, which touch no GPU.
+    for name in ("_cuda_resetCublasWorkspaceSize", "_cuda_resetCublasLtWorkspaceSize", "_cuda_clearCublasWorkspaces"):
+        if not hasattr(C, name):
+            REGISTRY.patch(C, name, _nothing_to_do(name), owner=OWNER)
+
     # The pinned host allocator of the native core counts like CUDA's host allocator.
     from torchdevice import _C as native
 
+    # The pinned allocator keeps freed blocks for reuse, as CUDA's does; torch.cuda.graph()
+    # and users empty it through this (on a CUDA build, torch's would empty CUDA's allocator).
+    REGISTRY.patch(C, "_host_emptyCache", _distinct_call(native.host_empty_cache, "_host_emptyCache"), owner=OWNER)
     REGISTRY.patch(C, "_cuda_hostMemoryStats", _distinct_call(native.host_memory_stats, "_cuda_hostMemoryStats"), owner=OWNER)
     REGISTRY.patch(C, "_cuda_resetAccumulatedHostMemoryStats",
                    _distinct_call(native.reset_accumulated_host_memory_stats, "_cuda_resetAccumulatedHostMemoryStats"), owner=OWNER)
@@ -229,6 +240,14 @@ def _unavailable(name: str, why: str):
 
     unavailable.__name__ = unavailable.__qualname__ = name
     return unavailable
+
+
+def _nothing_to_do(name: str):
+    def call() -> None:
+        return None
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 def _always_false(name: str):

@@ -75,14 +75,15 @@ def mem_get_info(device: Any = None) -> tuple[int, int]:
 def list_gpu_processes(device: Any = None) -> str:
     """nvidia-smi's view: this process, using the bytes it holds on the device."""
     index = _guarded_device(device)
-    used_mb = torch.cuda.memory_reserved(index) / (1024 * 1024)
+    used_mb = device_memory_used(index) / (1024 * 1024)
     lines = [f"GPU:{index}", f"process {os.getpid():>10d} uses {used_mb:>12.3f} MB GPU memory"]
     return "\n".join(lines)
 
 
 def device_memory_used(device: Any = None) -> int:
-    """Bytes in use on the device as NVML reports them: all of it is this process's."""
-    return int(torch.cuda.memory_reserved(_guarded_device(device)))
+    """Bytes in use on the device as NVML reports them: this process's blocks and CUDA context."""
+    free, total = mem_get_info(device)
+    return int(total - free)
 
 
 def apply_patches() -> None:
