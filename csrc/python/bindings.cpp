@@ -3,9 +3,12 @@
 #include "python/legacy_types.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
+#include "runtime/pinned_memory.h"
 #include "runtime/generator.h"
 #include "runtime/runner.h"
+#include "runtime/timeline.h"
 
+#include <ATen/Context.h>
 #include <ATen/native/Resize.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/csrc/Generator.h>
@@ -93,10 +96,26 @@ PYBIND11_MODULE(_C, m) {
      "Test hook: run `op_name` ('aten::atan2') as if the runner had no kernel for it ('' clears).");
   m.def("synchronize", [](const std::string& type, int index) {
     py::gil_scoped_release no_gil;
-    torchdevice::runner_for(parse_type(type)).synchronize(static_cast<c10::DeviceIndex>(index));
+    // The guard's: the runner's queue, then the streams' timeline (runtime/timeline.h).
+    c10::impl::getDeviceGuardImpl(parse_type(type))->synchronizeDevice(static_cast<c10::DeviceIndex>(index));
   });
+  m.def("keep_stream_busy", [](const std::string& type, int index, int64_t stream_id, int64_t nanoseconds) {
+    const c10::Stream stream(c10::Stream::UNSAFE, c10::Device(parse_type(type), static_cast<c10::DeviceIndex>(index)),
+                             stream_id);
+    torchdevice::timeline::keep_busy(stream, std::chrono::nanoseconds(nanoseconds));
+  }, py::arg("device_type"), py::arg("index"), py::arg("stream_id"), py::arg("nanoseconds"),
+     "Queues `nanoseconds` of work on a stream (torch.cuda._sleep's spin kernel).");
+  m.def("stream_ready_ns", [](const std::string& type, int index, int64_t stream_id) {
+    const c10::Stream stream(c10::Stream::UNSAFE, c10::Device(parse_type(type), static_cast<c10::DeviceIndex>(index)),
+                             stream_id);
+    const auto when = std::max(torchdevice::timeline::Clock::now(), torchdevice::timeline::ready_at(stream));
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+  }, "When the stream reaches work queued now, in steady-clock nanoseconds (an event's timestamp).");
 
   m.def("device_count", [](const std::string& type) { return torchdevice::device_count(parse_type(type)); });
+  // What torch._C._cuda_init does: ATen's per-device "initialized" flag, which is_pinned() and
+  // others consult before asking the hooks (an uninitialized device has no pinned memory).
+  m.def("lazy_init_device", [](const std::string& type) { at::globalContext().lazyInitDevice(parse_type(type)); });
   m.def("set_device_count", [](const std::string& type, int n) { torchdevice::set_device_count(parse_type(type), n); });
   m.def("current_device", [](const std::string& type) { return int(torchdevice::current_device(parse_type(type))); });
   m.def("set_device", [](const std::string& type, int index) {
@@ -140,26 +159,30 @@ PYBIND11_MODULE(_C, m) {
       d["freed"] = st.freed;
       return d;
     };
-    auto duration = [] {
+    auto duration = [](const torchdevice::HostDuration& t) {
       py::dict d;
-      d["total"] = 0;
-      d["max"] = 0;
-      d["min"] = 0;
-      d["count"] = 0;
+      d["total"] = t.total_us;
+      d["max"] = t.max_us;
+      d["min"] = t.min_us;
+      d["count"] = t.count;
       return d;
     };
     py::dict out;
-    // No caching: every live allocation is an active request.
     out["allocations"] = stat(s.allocations);
     out["allocated_bytes"] = stat(s.allocated_bytes);
-    out["active_requests"] = stat(s.allocations);
-    out["active_bytes"] = stat(s.allocated_bytes);
+    out["active_requests"] = stat(s.active_requests);
+    out["active_bytes"] = stat(s.active_bytes);
     out["num_host_alloc"] = s.num_host_alloc;
     out["num_host_free"] = s.num_host_free;
-    out["host_alloc_time"] = duration();
-    out["host_free_time"] = duration();
+    out["host_alloc_time"] = duration(s.host_alloc_time);
+    out["host_free_time"] = duration(s.host_free_time);
     return out;
   });
+  m.def("host_empty_cache", &torchdevice::host_empty_cache);
+  m.def("host_register", [](uintptr_t ptr, size_t nbytes) {
+    return torchdevice::host_register(reinterpret_cast<const void*>(ptr), nbytes);
+  });
+  m.def("host_unregister", [](uintptr_t ptr) { return torchdevice::host_unregister(reinterpret_cast<const void*>(ptr)); });
   m.def("reset_peak_host_memory_stats", &torchdevice::reset_host_peak_stats);
   m.def("reset_accumulated_host_memory_stats", &torchdevice::reset_host_accumulated_stats);
 

@@ -211,3 +211,17 @@ def test_runtime_patches_are_registered_under_their_modules():
         assert module.OWNER == module.__name__.removeprefix("torchdevice.")
     # Every area that replaces something registers it (random and amp need no patch).
     assert {"ops.device", "ops.memory", "ops.storage", "ops.streams", "ops.host"} <= owners
+
+
+def test_properties_of_one_device_compare_equal():
+    # CUDA hands out one properties object per device.
+    current = torch.cuda.get_device_properties(torch.cuda.current_device())
+    assert current == torch.cuda.get_device_properties(None) == torch.cuda.get_device_properties()
+
+
+def test_uuid_is_cudas_uuid_object():
+    uuid = torch.cuda.get_device_properties(0).uuid
+    assert len(str(uuid)) == 36 and str(uuid).count("-") == 4  # 8-4-4-4-12 hex
+    assert isinstance(uuid.bytes, list) and len(uuid.bytes) == 16
+    assert str(uuid) != "00000000-0000-0000-0000-000000000000"
+    assert f"uuid={uuid}" in repr(torch.cuda.get_device_properties(0))

@@ -18,6 +18,28 @@ from torchdevice.core.patch import REGISTRY
 OWNER = "shims.cuda"
 _TYPE = "cuda"
 
+# The SM clock the properties report (an A100's boost clock), in kHz: cycles per millisecond,
+# which torch.cuda._sleep's spin kernel is measured in.
+CLOCK_RATE_KHZ = 1_410_000
+
+
+class EmulatedUuid:
+    """A device UUID as ``torch._C._CUuuid`` gives it: 16 ``bytes``, printed 8-4-4-4-12."""
+
+    def __init__(self, index: int) -> None:
+        # Stable per ordinal, never the nil UUID, and telling where it comes from ("torchdev").
+        self.bytes = list(b"torchdev" + int(index).to_bytes(8, "big"))
+
+    def __str__(self) -> str:
+        h = "".join(f"{b:02x}" for b in self.bytes)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmulatedUuid) and other.bytes == self.bytes
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.bytes))
+
 
 class EmulatedDeviceProperties:
     """What ``torch.cuda.get_device_properties`` returns (``torch._C._CudaDeviceProperties`` on GPU builds)."""
@@ -40,13 +62,20 @@ class EmulatedDeviceProperties:
         self.warp_size = 32
         self.L2_cache_size = 0
         self.gcnArchName = "NVIDIA CUDA"
-        self.uuid = f"00000000-0000-0000-0000-{index:012d}"
+        self.uuid = EmulatedUuid(index)
         self.pci_bus_id = index
         self.pci_device_id = 0
         self.pci_domain_id = 0
-        self.clock_rate = 0
+        self.clock_rate = CLOCK_RATE_KHZ
         self.memory_clock_rate = 0
         self.memory_bus_width = 0
+
+    # A GPU hands out one properties object per device, so two lookups compare equal.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EmulatedDeviceProperties) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.pci_bus_id))
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +137,7 @@ def apply_patches() -> None:
             raise RuntimeError("No CUDA GPUs are available")
         cuda._tls.is_initializing = True
         try:
+            _C.lazy_init_device(_TYPE)  # torch._C._cuda_init's part: ATen's initialized flag
             cuda.default_generators = tuple(_C.default_generator(_TYPE, i) for i in range(_C.device_count(_TYPE)))
             cuda._initialized = True
             # Calls deferred before initialisation (manual_seed, ...) run now, as on a GPU.
