@@ -33,6 +33,11 @@ class Patch:
         """True when torch had no such attribute (this build lacks it) and torchdevice adds it."""
         return self.original is _MISSING
 
+    @property
+    def native(self) -> bool:
+        """True for a change the native core made (a C slot), which no attribute shows."""
+        return self.original is _NATIVE
+
 
 class PatchRegistry:
     def __init__(self) -> None:
