@@ -28,7 +28,7 @@ PY="$VENV/bin/python"
 # compiled against for another (an unpinned resolve could fetch a different version or a CUDA build).
 echo "setup_env: installing torch==$TORCH_VERSION and the build/test tools"
 "$PY" -m pip install --quiet --disable-pip-version-check \
-  "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest expecttest numpy
+  "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest expecttest numpy hypothesis pytest-timeout
 
 # --no-build-isolation: build against the torch installed above, not one an isolated build
 # environment would download. The C++ build (and its ctest binary) lives in $BUILD_DIR.

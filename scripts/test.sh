@@ -26,4 +26,17 @@ else
   "$VENV/bin/ctest" --test-dir "$BUILD_DIR" --output-on-failure || status=$?
 fi
 
+# PyTorch's own device-generic tests, cuda instantiation against cpu (tests/pytorch_suite/run.py;
+# they live outside the repository, in ../shared/pytorch-tests). On the CPU build only, and only
+# for a whole-suite run: it takes a few minutes.
+if [[ "$TORCH_VERSION" == "2.13.0" && $# -eq 0 ]]; then
+  tests_dir="${TORCHDEVICE_PYTORCH_TESTS:-../shared/pytorch-tests}"
+  if [[ -d "$tests_dir" ]]; then
+    echo "test: PyTorch's device-generic tests from $tests_dir"
+    "$PY" tests/pytorch_suite/run.py --tests-dir "$tests_dir" || status=$?
+  else
+    echo "test: no PyTorch test folder at $tests_dir: its comparison is skipped" >&2
+  fi
+fi
+
 exit "$status"
