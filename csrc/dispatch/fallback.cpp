@@ -2,6 +2,7 @@
 
 #include "dispatch/device_check.h"
 #include "dispatch/host_fallback.h"
+#include "dispatch/ivalue_lists.h"
 #include "dispatch/standin.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
@@ -51,8 +52,8 @@ class CallState {
         for (const at::Tensor& t : list) lowered.push_back(t.defined() ? lower_tensor(t) : t);
         v = std::move(lowered);
       }
-    } else if (v.isOptionalTensorList()) {
-      auto list = v.toOptionalTensorList();
+    } else if (is_optional_tensor_list(v)) {
+      auto list = optional_tensors_of(v);
       c10::List<std::optional<at::Tensor>> lowered;
       lowered.reserve(list.size());
       for (std::optional<at::Tensor> t : list) {

@@ -1,6 +1,7 @@
 #include "dispatch/host_fallback.h"
 
 #include "dispatch/device_check.h"
+#include "dispatch/ivalue_lists.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
 
@@ -41,9 +42,9 @@ class HostCall {
       c10::List<at::Tensor> lowered;
       for (const at::Tensor& t : v.toTensorList()) lowered.push_back(to_host(t));
       v = std::move(lowered);
-    } else if (v.isOptionalTensorList()) {
+    } else if (is_optional_tensor_list(v)) {
       c10::List<std::optional<at::Tensor>> lowered;
-      for (std::optional<at::Tensor> t : v.toOptionalTensorList()) {
+      for (std::optional<at::Tensor> t : optional_tensors_of(v)) {
         lowered.push_back(t.has_value() ? std::optional<at::Tensor>(to_host(*t)) : t);
       }
       v = std::move(lowered);

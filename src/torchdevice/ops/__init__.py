@@ -18,5 +18,8 @@ def apply_patches() -> None:
         module.apply_patches()
     # torch.compile's routing to inductor's C++ backend (lazy: inductor is imported on first use).
     from torchdevice.utils import compile as _compile
+    from torchdevice.utils import jit as _jit
 
     _compile.apply_patches()
+    # TorchScript: no GPU fusion (CUDA C) for the emulated device.
+    _jit.apply_patches()
