@@ -28,7 +28,7 @@ PY="$VENV/bin/python"
 # compiled against for another (an unpinned resolve could fetch a different version or a CUDA build).
 echo "setup_env: installing torch==$TORCH_VERSION and the build/test tools"
 "$PY" -m pip install --quiet --disable-pip-version-check \
-  "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest expecttest numpy hypothesis pytest-timeout
+  "torch==$TORCH_VERSION" scikit-build-core ninja cmake pytest pytest-xdist expecttest numpy hypothesis pytest-timeout
 
 # --no-build-isolation: build against the torch installed above, not one an isolated build
 # environment would download. The C++ build (and its ctest binary) lives in $BUILD_DIR.
@@ -41,6 +41,17 @@ if [[ "$INTEGRATION" == "1" ]]; then
   echo "setup_env: installing the integration-test libraries"
   "$PY" -m pip install --quiet --disable-pip-version-check -r requirements-integration.txt \
     -c <(echo "torch==$TORCH_VERSION")
+  # torchvision is paired with one torch release each; on the CUDA wheel its CUDA kernels (loaded
+  # after activation) are what tests/ops/test_extensions.py checks never run.
+  case "$TORCH_VERSION" in
+    2.14.1) TORCHVISION_VERSION="0.29.1" ;;
+    *) TORCHVISION_VERSION="" ;;
+  esac
+  if [[ -n "$TORCHVISION_VERSION" ]]; then
+    echo "setup_env: installing torchvision==$TORCHVISION_VERSION"
+    "$PY" -m pip install --quiet --disable-pip-version-check "torchvision==$TORCHVISION_VERSION" \
+      -c <(echo "torch==$TORCH_VERSION")
+  fi
 fi
 
 "$PY" - "$TORCH_VERSION" <<'PYEOF'

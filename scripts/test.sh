@@ -14,8 +14,11 @@ PY="$VENV/bin/python"
 BUILD_DIR="build/torch-$TORCH_VERSION"
 
 status=0
-echo "test: pytest (torch $TORCH_VERSION)"
-"$PY" -m pytest -q "$@" || status=$?
+# Tests run in parallel (pytest-xdist), one worker per core: many start fresh interpreters or
+# torchrun jobs and wait on them. PYTEST_WORKERS=0 runs them in this process.
+WORKERS="${PYTEST_WORKERS:-auto}"
+echo "test: pytest (torch $TORCH_VERSION, $WORKERS workers)"
+"$PY" -m pytest -q -n "$WORKERS" "$@" || status=$?
 
 # The C++ test binary is built by the editable install (TORCHDEVICE_BUILD_TESTS=ON in pyproject).
 if [[ ! -f "$BUILD_DIR/CTestTestfile.cmake" ]]; then

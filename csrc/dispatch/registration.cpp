@@ -47,38 +47,56 @@ bool has_tensor_argument(const c10::FunctionSchema& schema) {
   return false;
 }
 
+// Ops given the fallback on the device key: one library per namespace, created on first use
+// and kept for the process (a library's destructor would deregister its kernels).
 template <c10::DeviceType kType>
-int mirror_cpu_table(torch::Library& aten) {
-  constexpr auto key = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
-  auto& dispatcher = c10::Dispatcher::singleton();
-  const auto& explicit_names = explicit_kernel_names();
-  std::unordered_set<std::string> done;
-  // Other namespaces get their own library, created on first use and kept for the process.
-  std::unordered_map<std::string, torch::Library*> libraries{{"aten", &aten}};
-  int count = 0;
-  auto give_fallback = [&](const c10::OperatorName& name) {
+class FallbackTable {
+ public:
+  static constexpr auto kKey = kType == c10::DeviceType::MPS ? c10::DispatchKey::MPS : c10::DispatchKey::CUDA;
+
+  static FallbackTable& instance() {
+    static auto* table = new FallbackTable();
+    return *table;
+  }
+
+  // The fallback for `name` on the device key, unless it has it already or an explicit kernel.
+  bool give(const c10::OperatorName& name) {
     const auto sep = name.name.find("::");
     const std::string ns = name.name.substr(0, sep);
     std::string short_name = name.name.substr(sep + 2);
     if (!name.overload_name.empty()) short_name += "." + name.overload_name;
-    if (!done.insert(name.name + "." + name.overload_name).second) return;
+    if (!done_.insert(name.name + "." + name.overload_name).second) return false;
+    const auto& explicit_names = explicit_kernel_names();
     if (ns == "aten" && std::find(explicit_names.begin(), explicit_names.end(), short_name) != explicit_names.end()) {
-      return;
+      return false;
     }
-    auto& lib = libraries[ns];
-    if (lib == nullptr) lib = new torch::Library(torch::Library::IMPL, ns, key, __FILE__, __LINE__);
+    auto& lib = libraries_[ns];
+    if (lib == nullptr) lib = new torch::Library(torch::Library::IMPL, ns, kKey, __FILE__, __LINE__);
     lib->impl(short_name.c_str(), torch::CppFunction::makeFromBoxedFunction<&emulated_fallback<kType>>());
-    ++count;
-  };
-  // Kernels already on the device key: on a CUDA build of torch these are real CUDA kernels and
-  // would be handed host pointers, so every aten one is replaced (CUDA-only ops then fail
-  // cleanly in the fallback instead of launching a kernel). Ops of other namespaces with a CPU
-  // kernel (c10d collectives: CPU kernel = the process group's CPU backend) run that instead.
-  for (const auto& name : dispatcher.getRegistrationsForDispatchKey(key)) {
-    const bool aten = name.name.rfind("aten::", 0) == 0;
-    auto op = dispatcher.findOp(name);
-    if (aten || (op && op->hasKernelForDispatchKey(c10::DispatchKey::CPU))) give_fallback(name);
+    return true;
   }
+
+  void use_library(const std::string& ns, torch::Library* lib) { libraries_[ns] = lib; }
+
+ private:
+  std::unordered_set<std::string> done_;
+  std::unordered_map<std::string, torch::Library*> libraries_;
+};
+
+template <c10::DeviceType kType>
+int mirror_cpu_table(torch::Library& aten) {
+  constexpr auto key = FallbackTable<kType>::kKey;
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto& table = FallbackTable<kType>::instance();
+  table.use_library("aten", &aten);
+  int count = 0;
+  auto give_fallback = [&](const c10::OperatorName& name) { count += table.give(name) ? 1 : 0; };
+  // Kernels already on the device key, of every namespace: on a CUDA build of torch these are
+  // real CUDA kernels and would be handed host pointers, so each is replaced. An op with a CPU
+  // kernel then runs that (c10d collectives: the process group's CPU backend); a CUDA-only one
+  // (symm_mem, an aten op without CPU kernel) fails cleanly in the fallback instead of
+  // launching a kernel.
+  for (const auto& name : dispatcher.getRegistrationsForDispatchKey(key)) give_fallback(name);
   for (const auto& name : dispatcher.getRegistrationsForDispatchKey(c10::DispatchKey::CPU)) {
     if (name.name.rfind("aten::", 0) == 0) give_fallback(name);
   }
@@ -124,7 +142,23 @@ int register_for() {
   return overridden;
 }
 
+template <c10::DeviceType kType>
+int adopt_for(const std::vector<c10::OperatorName>& names) {
+  static std::mutex mutex;  // libraries may be loaded from several threads
+  std::lock_guard<std::mutex> lock(mutex);
+  SilentWarnings silent;
+  c10::WarningUtils::WarningHandlerGuard quiet(&silent);
+  auto& table = FallbackTable<kType>::instance();
+  int count = 0;
+  for (const auto& name : names) count += table.give(name) ? 1 : 0;
+  return count;
+}
+
 } // namespace
+
+int adopt_device_kernels(c10::DeviceType type, const std::vector<c10::OperatorName>& names) {
+  return type == c10::DeviceType::MPS ? adopt_for<c10::DeviceType::MPS>(names) : adopt_for<c10::DeviceType::CUDA>(names);
+}
 
 int register_dispatch(c10::DeviceType type) {
   static std::once_flag cuda_once, mps_once;

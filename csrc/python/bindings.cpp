@@ -1,5 +1,6 @@
 // Python bindings of torchdevice's native core (torchdevice._C).
 #include "activate.h"
+#include "dispatch/registration.h"
 #include "python/legacy_types.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
@@ -83,6 +84,20 @@ PYBIND11_MODULE(_C, m) {
     info["fallback_registrations"] = result.fallback_registrations;
     return info;
   }, py::arg("device_type"), py::arg("device_count"), py::arg("runner") = "cpu");
+
+  // Kernels libraries registered on the device key after activation (ops/extensions.py names
+  // them: the key's registrations that appeared while a library was loaded).
+  m.def("adopt_device_kernels", [](const std::string& type, const std::vector<std::string>& names) {
+    std::vector<c10::OperatorName> ops;
+    ops.reserve(names.size());
+    for (const auto& full : names) {
+      // "ns::op.overload" (the dispatcher's registration listing); operator names hold no '.'.
+      const auto dot = full.find('.', full.find("::"));
+      ops.push_back(dot == std::string::npos ? c10::OperatorName(full, "")
+                                             : c10::OperatorName(full.substr(0, dot), full.substr(dot + 1)));
+    }
+    return torchdevice::dispatch::adopt_device_kernels(parse_type(type), ops);
+  }, py::arg("device_type"), py::arg("op_names"));
 
   // The runner: which device computes, the ops it lacks (run on the CPU, counted), and the wait
   // for its queued work.
