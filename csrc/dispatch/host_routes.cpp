@@ -79,6 +79,9 @@ void register_host_routes() {
     auto* lib = new torch::Library(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
     for (const char* name : kHostRoutedOps) {
       const std::string full(name);
+      // Emulated cuda takes a GPU's attention backends instead (attention.cpp): DTensor, the
+      // FlopCounter and inductor see CUDA's ops. Emulated mps keeps the CPU's form.
+      if (!mps && full == "scaled_dot_product_attention") continue;
       const auto dot = full.find('.');
       const c10::OperatorName op_name("aten::" + full.substr(0, dot), dot == std::string::npos ? "" : full.substr(dot + 1));
       if (!c10::Dispatcher::singleton().findSchema(op_name)) continue;  // not in this torch version

@@ -1,5 +1,6 @@
 #include "dispatch/registration.h"
 
+#include "dispatch/attention.h"
 #include "dispatch/cuda_only_ops.h"
 #include "dispatch/fallback.h"
 #include "dispatch/fast_paths.h"
@@ -134,7 +135,10 @@ int register_for() {
   c10::WarningUtils::WarningHandlerGuard quiet(&silent);
   auto* aten = new torch::Library(torch::Library::IMPL, "aten", key, __FILE__, __LINE__);
   const int overridden = mirror_cpu_table<kType>(*aten);
-  if constexpr (kType == c10::DeviceType::CUDA) register_cuda_only_ops(*aten);
+  if constexpr (kType == c10::DeviceType::CUDA) {
+    register_cuda_only_ops(*aten);
+    register_gpu_attention(*aten);
+  }
   // Fast paths call the CPU kernel directly: for the cpu runner only.
   if (runner_for(kType).is_cpu()) register_fast_paths<kType>();
   register_kernels<kType>(*aten);  // after the mirror: the last registration for a key wins

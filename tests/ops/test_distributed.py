@@ -193,6 +193,36 @@ def test_fsdp1_wrapper_nccl_trains_like_one_process(tmp_path):
     train_and_compare(EXAMPLES / "fsdp_nccl.py", tmp_path, "--wrapper")
 
 
+def test_fsdp2_meta_init_mixed_precision_and_dcp_checkpoint_equal_the_cpu_program(tmp_path):
+    # Meta init + to_empty + reset_parameters (DTensor random ops on cuda), bf16 mixed precision,
+    # a DCP save and a load into a fresh sharded model: the emulated cuda run and the same
+    # program on CPU tensors (gloo) end bit for bit equal, losses included.
+    worker = Path(__file__).with_name("fsdp2_checkpoint_worker.py")
+    results = {}
+    for device in ("cuda", "cpu"):
+        run_ok(worker, "--out", str(tmp_path / device), "--device", device)
+        results[device] = [torch.load(tmp_path / device / f"rank{r}.pt") for r in range(2)]
+    cuda, cpu = results["cuda"], results["cpu"]
+    assert torch.equal(cuda[0]["losses"], cpu[0]["losses"]), (cuda[0]["losses"], cpu[0]["losses"])
+    for name, value in cpu[0]["params"].items():
+        for rank in range(2):
+            assert torch.equal(cuda[rank]["params"][name], value), name
+
+
+def test_fsdp_and_tensor_parallel_2d_with_sdpa_on_dtensors_trains_like_one_process(tmp_path):
+    # scaled_dot_product_attention on DTensors: DTensor needs the attention op a GPU chooses
+    # (memory-efficient attention has a sharding rule; the CPU's flash op has none).
+    worker = Path(__file__).with_name("fsdp_tp_worker.py")
+    run_ok(worker, "--out", str(tmp_path / "dist"), nproc=4)
+    run_ok(worker, "--out", str(tmp_path / "single"), nproc=None)
+    dist_result, single = (torch.load(tmp_path / d / "result.pt") for d in ("dist", "single"))
+    assert dist_result["attention_inputs"] == ["DTensor"] and single["attention_inputs"] == ["Tensor"]
+    # Row-wise layers sum partial products across tp ranks: the same maths, another order.
+    torch.testing.assert_close(dist_result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(dist_result["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def test_sharded_sgd_with_reduce_scatter_and_all_gather_into_tensor(tmp_path):
     ranks = train_and_compare(EXAMPLES / "collectives_nccl.py", tmp_path)
     world = len(ranks)
@@ -290,6 +320,30 @@ def single_rank_group(monkeypatch):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_dtensor_random_ops_on_a_cuda_mesh(single_rank_group):
+    # DTensor keeps ranks' random streams in step through CUDA's (seed, offset) generator state;
+    # the emulated generator has the CPU's state, which DTensor sees as such a pair.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    single_rank_group("nccl")
+    mesh = init_device_mesh("cuda", (1,))
+    torch.manual_seed(0)
+    first = distribute_tensor(torch.empty(8, 4, device="cuda"), mesh, [Replicate()])
+    second = distribute_tensor(torch.empty(8, 4, device="cuda"), mesh, [Replicate()])
+    state = torch.cuda.get_rng_state()
+    torch.nn.init.normal_(first)
+    assert not torch.equal(torch.cuda.get_rng_state(), state)  # the stream moved on, as on a GPU
+    torch.nn.init.normal_(second)
+    assert not torch.equal(first.to_local(), second.to_local())
+    torch.manual_seed(0)
+    again = distribute_tensor(torch.empty(8, 4, device="cuda"), mesh, [Replicate()])
+    torch.nn.init.normal_(again)
+    assert torch.equal(again.to_local(), first.to_local())  # reproducible from the seed
+    dropped = torch.nn.functional.dropout(distribute_tensor(torch.ones(64, device="cuda"), mesh, [Replicate()]), 0.5)
+    assert dropped.to_local().is_cuda and 0 < int((dropped.to_local() == 0).sum()) < 64
 
 
 @pytest.mark.parametrize(

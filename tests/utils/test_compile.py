@@ -191,3 +191,56 @@ def test_compiled_graphs_inside_a_cuda_graph_capture_replay_correctly():
     static_x.copy_(new_x)
     forward.replay()
     torch.testing.assert_close(static_y, reference(new_x).detach())
+
+
+class _CausalBlock(torch.nn.Module):
+    """A GPT block (SDPA attention, GELU MLP, pre-norm) as CUDA training scripts write it."""
+
+    def __init__(self, width: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(c, 2))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.mlp(self.ln2(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_precision_training_step_compiles_and_matches_eager(dtype, caplog):
+    # autocast("cuda") + GradScaler (fp16), as nanoGPT trains: the graphs compile to C++ kernels
+    # (no eager fallback warning) and the step equals the eager step within half precision.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_CausalBlock(), torch.nn.Linear(32, 16)).to(DEVICE)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 8, 32, device=DEVICE)
+    target = torch.randint(0, 16, (2, 8), device=DEVICE)
+
+    def step(module):
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, fused=True)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        losses = []
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=dtype):
+                loss = torch.nn.functional.cross_entropy(module(x).flatten(0, 1), target.flatten())
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            losses.append(loss.detach())
+        return torch.stack(losses)
+
+    with caplog.at_level(logging.WARNING, logger="torchdevice"):
+        compiled_losses = step(torch.compile(model))
+    assert not [r for r in caplog.records if r.name == "torchdevice"], caplog.text
+    assert metrics.generated_kernel_count > 0
+    eager_losses = step(reference)
+    assert compiled_losses.is_cuda
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=2e-2, atol=2e-2)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-2)
