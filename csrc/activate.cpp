@@ -6,6 +6,7 @@
 #include "runtime/device.h"
 #include "runtime/guard.h"
 #include "runtime/hooks.h"
+#include "runtime/profiler_stubs.h"
 #include "runtime/runner.h"
 
 #include <c10/core/Allocator.h>
@@ -25,6 +26,7 @@ Activation activate(c10::DeviceType type, int count, c10::DeviceType runner) {
   register_ddp_timer(type);
   if (type == c10::DeviceType::CUDA) {
     result.hooks_route = install_cuda_hooks();
+    install_cuda_profiler_stubs();
     // One accelerator per process: emulated cuda, as on an NVIDIA machine.
     if (runner == c10::DeviceType::MPS) install_disabled_mps_hooks();
   } else {

@@ -99,6 +99,9 @@ PYBIND11_MODULE(_C, m) {
     return torchdevice::dispatch::adopt_device_kernels(parse_type(type), ops);
   }, py::arg("device_type"), py::arg("op_names"));
 
+  m.def("set_profiler_memory_reporting", [](bool on) { torchdevice::EmulatedAllocator::set_profiler_reporting(on); },
+        "Allocations and frees of emulated memory are reported to torch.profiler while on (ops/profiler.py).");
+
   // The runner: which device computes, the ops it lacks (run on the CPU, counted), and the wait
   // for its queued work.
   m.def("runner", [](const std::string& type) {

@@ -48,6 +48,12 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   // Bookkeeping entry points for the deleters.
   void record_free(c10::DeviceIndex device, size_t nbytes);
 
+  // torch.profiler(profile_memory=True): allocations and frees are reported to it (as CUDA's
+  // allocator does) while a profiler that asked for memory runs. Off: one relaxed load each.
+  static void set_profiler_reporting(bool on);
+  static bool profiler_reporting();
+  void report_to_profiler(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory);
+
   // In a forked child: the counters' locks forget the parent's threads.
   void reset_locks_after_fork();
 

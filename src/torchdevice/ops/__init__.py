@@ -8,10 +8,10 @@ the others call ``torch.cuda.current_device`` and friends through them).
 from __future__ import annotations
 
 from torchdevice.ops import (amp, autograd, device, distributed, dtensor_random, extensions, graphs, host, legacy_types,
-                             memory, random, storage, streams)
+                             memory, profiler, random, storage, streams)
 
 MODULES = (device, memory, storage, legacy_types, streams, graphs, random, amp, autograd, host, distributed, dtensor_random,
-           extensions)
+           extensions, profiler)
 
 
 def apply_patches() -> None:

@@ -11,6 +11,7 @@ emulated counterpart and report 0 (documented in docs/capability-honesty.md).
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any
 
 import torch
@@ -32,22 +33,56 @@ NVTX_NO_PUSH_POP_TRACKING = -2
 
 
 class _NVTX:
-    """``torch._C._nvtx`` as it behaves on a GPU machine with no profiling tool attached."""
+    """``torch._C._nvtx`` as it behaves on a GPU machine with no profiling tool attached.
+
+    While torch.profiler runs, NVTX ranges become its user annotations (``record_function``
+    ranges), so they show in its table and trace, where Nsight would show them on a GPU.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()  # per thread, as NVTX keeps its push/pop stack
+        self._started: dict[int, Any] = {}
+        self._next_id = 1
+
+    def _stack(self) -> list:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
+
+    @staticmethod
+    def _enter(msg: str) -> Any:
+        if not torch.autograd.profiler._is_profiler_enabled:
+            return None
+        return torch.ops.profiler._record_function_enter_new(msg, None)
+
+    @staticmethod
+    def _exit(handle: Any) -> None:
+        if handle is not None:
+            torch.ops.profiler._record_function_exit._RecordFunction(handle)
 
     def rangePushA(self, msg: str) -> int:
+        self._stack().append(self._enter(msg))
         return NVTX_NO_PUSH_POP_TRACKING
 
     def rangePop(self) -> int:
+        stack = self._stack()
+        if stack:
+            self._exit(stack.pop())
         return NVTX_NO_PUSH_POP_TRACKING
 
     def rangeStartA(self, msg: str) -> int:
-        return 0  # nvtxRangeId_t 0: the id NVTX hands out without a tool
+        handle = self._enter(msg)
+        if handle is None:
+            return 0  # nvtxRangeId_t 0: the id NVTX hands out without a tool
+        range_id, self._next_id = self._next_id, self._next_id + 1
+        self._started[range_id] = handle
+        return range_id
 
     def rangeEnd(self, range_id: int) -> None:
-        return None
+        self._exit(self._started.pop(range_id, None))
 
     def markA(self, msg: str) -> None:
-        return None
+        self._exit(self._enter(msg))
 
     def deviceRangeStart(self, msg: str, stream: int = 0) -> object:
         return None
