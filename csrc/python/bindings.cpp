@@ -102,6 +102,31 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_profiler_memory_reporting", [](bool on) { torchdevice::EmulatedAllocator::set_profiler_reporting(on); },
         "Allocations and frees of emulated memory are reported to torch.profiler while on (ops/profiler.py).");
 
+  // The memory history (ops/memory_history.py): `observer(allocated, ptr, nbytes, device)` on
+  // every allocation and free of emulated memory while set; None switches it off.
+  m.def("set_memory_history_observer", [](py::object observer) {
+    if (observer.is_none()) {
+      torchdevice::EmulatedAllocator::set_history_observer({});
+      return;
+    }
+    // Released with the GIL held, whichever thread drops the last reference.
+    std::shared_ptr<py::object> held(new py::object(std::move(observer)), [](py::object* o) {
+      if (!Py_IsInitialized()) return;  // at exit: leaked, as the interpreter is gone
+      py::gil_scoped_acquire gil;
+      delete o;
+    });
+    torchdevice::EmulatedAllocator::set_history_observer(
+        [held](bool allocated, void* ptr, size_t nbytes, c10::DeviceIndex device) {
+          if (!Py_IsInitialized()) return;
+          py::gil_scoped_acquire gil;
+          try {
+            (*held)(allocated, reinterpret_cast<uintptr_t>(ptr), nbytes, static_cast<int>(device));
+          } catch (py::error_already_set& e) {
+            e.discard_as_unraisable("torchdevice memory history");
+          }
+        });
+  }, py::arg("observer"));
+
   // The runner: which device computes, the ops it lacks (run on the CPU, counted), and the wait
   // for its queued work.
   m.def("runner", [](const std::string& type) {

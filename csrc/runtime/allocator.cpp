@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -36,14 +37,17 @@ static_assert(sizeof(BlockHeader) == 64);
 // CUDA's caching allocator puts blocks up to 1 MiB in its small pool.
 constexpr size_t kSmallSize = 1 << 20;
 
-std::atomic<bool> g_profiler_reporting{false};
+// Bit 0: the profiler's memory reporting; bit 1: the memory history.
+std::atomic<uint8_t> g_observers{0};
+constexpr uint8_t kProfilerBit = 1, kHistoryBit = 2;
+std::shared_ptr<EmulatedAllocator::HistoryObserver> g_history_observer;  // read with std::atomic_load
 
 void free_block(void* data) {
   auto* header = static_cast<BlockHeader*>(data) - 1;
   auto& allocator = allocator_for(header->type);
   allocator.record_free(header->device, header->nbytes);
-  if (C10_UNLIKELY(EmulatedAllocator::profiler_reporting())) {
-    allocator.report_to_profiler(data, -static_cast<int64_t>(header->nbytes), header->device, false);
+  if (C10_UNLIKELY(EmulatedAllocator::observed())) {
+    allocator.notify(data, -static_cast<int64_t>(header->nbytes), header->device, false);
   }
   c10::free_cpu(header);
 }
@@ -60,8 +64,8 @@ struct AdoptedBlock {
 void free_adopted(void* ctx) {
   auto* block = static_cast<AdoptedBlock*>(ctx);
   block->allocator->record_free(block->device, block->nbytes);
-  if (C10_UNLIKELY(EmulatedAllocator::profiler_reporting())) {
-    block->allocator->report_to_profiler(block->host.get(), -static_cast<int64_t>(block->nbytes), block->device,
+  if (C10_UNLIKELY(EmulatedAllocator::observed())) {
+    block->allocator->notify(block->host.get(), -static_cast<int64_t>(block->nbytes), block->device,
                                          block->host.device().is_cpu());
   }
   delete block;
@@ -84,8 +88,8 @@ template <c10::DeviceType kType, c10::DeviceIndex kDevice>
 TORCHDEVICE_HOT void free_tagged(void* ctx) {
   const auto tagged = reinterpret_cast<uintptr_t>(ctx);
   allocator_for(kType).record_free(kDevice, tagged >> kAddressBits);
-  if (C10_UNLIKELY(EmulatedAllocator::profiler_reporting())) {
-    allocator_for(kType).report_to_profiler(reinterpret_cast<void*>(tagged & kAddressMask),
+  if (C10_UNLIKELY(EmulatedAllocator::observed())) {
+    allocator_for(kType).notify(reinterpret_cast<void*>(tagged & kAddressMask),
                                             -static_cast<int64_t>(tagged >> kAddressBits), kDevice, true);
   }
   kDefaultCpuDeleter(reinterpret_cast<void*>(tagged & kAddressMask));
@@ -222,18 +226,41 @@ c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex devi
   header->device = device;
   header->type = type_;
   void* data = header + 1;
-  if (C10_UNLIKELY(profiler_reporting())) report_to_profiler(data, static_cast<int64_t>(nbytes), device, false);
+  if (C10_UNLIKELY(observed())) notify(data, static_cast<int64_t>(nbytes), device, false);
   return c10::DataPtr(data, data, &free_block, dev);
 }
 
-void EmulatedAllocator::set_profiler_reporting(bool on) { g_profiler_reporting.store(on, std::memory_order_relaxed); }
+void EmulatedAllocator::set_profiler_reporting(bool on) {
+  if (on) {
+    g_observers.fetch_or(kProfilerBit, std::memory_order_relaxed);
+  } else {
+    g_observers.fetch_and(static_cast<uint8_t>(~kProfilerBit), std::memory_order_relaxed);
+  }
+}
 
-bool EmulatedAllocator::profiler_reporting() { return g_profiler_reporting.load(std::memory_order_relaxed); }
+void EmulatedAllocator::set_history_observer(HistoryObserver observer) {
+  const bool on = static_cast<bool>(observer);
+  std::atomic_store(&g_history_observer, on ? std::make_shared<HistoryObserver>(std::move(observer)) : nullptr);
+  if (on) {
+    g_observers.fetch_or(kHistoryBit, std::memory_order_release);
+  } else {
+    g_observers.fetch_and(static_cast<uint8_t>(~kHistoryBit), std::memory_order_release);
+  }
+}
+
+bool EmulatedAllocator::observed() { return g_observers.load(std::memory_order_relaxed) != 0; }
 
 // A block that a CPU kernel allocated (and CPU's allocator reported to the profiler) changes
 // hands: the profiler sees it leave the CPU and arrive on the device when adopted, and come
 // back to the CPU just before CPU's allocator reports freeing it, so each side's totals hold.
-void EmulatedAllocator::report_to_profiler(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory) {
+void EmulatedAllocator::notify(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory) {
+  const uint8_t observers = g_observers.load(std::memory_order_acquire);
+  if (observers & kHistoryBit) {
+    if (auto observer = std::atomic_load(&g_history_observer)) {
+      (*observer)(delta > 0, ptr, static_cast<size_t>(delta > 0 ? delta : -delta), device);
+    }
+  }
+  if (!(observers & kProfilerBit)) return;
   const auto& d = devices_[static_cast<size_t>(device)];
   const auto in_use = static_cast<size_t>(std::max<int64_t>(d.bytes[0].current, 0));  // a racy read is fine here
   if (host_memory) c10::reportMemoryUsageToProfiler(ptr, -delta, 0, 0, c10::Device(c10::DeviceType::CPU));
@@ -261,9 +288,7 @@ TORCHDEVICE_HOT c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, 
   }
   // Counting can fail (memory fraction); the host memory is then freed with host_data.
   record_alloc(device, nbytes);
-  if (C10_UNLIKELY(profiler_reporting())) {
-    report_to_profiler(data, static_cast<int64_t>(nbytes), device, host_data.device().is_cpu());
-  }
+  if (C10_UNLIKELY(observed())) notify(data, static_cast<int64_t>(nbytes), device, host_data.device().is_cpu());
   if (void* tagged = tag_context(host_data, nbytes)) {
     host_data.release_context();
     const auto& deleters = type_ == c10::DeviceType::MPS ? kMpsTaggedDeleters : kCudaTaggedDeleters;

@@ -2,6 +2,8 @@
 // runner it serves host blocks itself; on a device runner it wraps that runner's allocator.
 #pragma once
 
+#include <functional>
+
 #include "runtime/stat_lock.h"
 
 #include <c10/core/CachingDeviceAllocator.h>
@@ -48,11 +50,16 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   // Bookkeeping entry points for the deleters.
   void record_free(c10::DeviceIndex device, size_t nbytes);
 
-  // torch.profiler(profile_memory=True): allocations and frees are reported to it (as CUDA's
-  // allocator does) while a profiler that asked for memory runs. Off: one relaxed load each.
+  // Observers of allocations and frees, off by default (then one relaxed load per allocation
+  // and per free): torch.profiler's memory reporting (profile_memory=True, as CUDA's allocator
+  // reports) and the memory history (torch.cuda.memory._record_memory_history, ops/memory.py).
+  using HistoryObserver = std::function<void(bool allocated, void* ptr, size_t nbytes, c10::DeviceIndex device)>;
   static void set_profiler_reporting(bool on);
-  static bool profiler_reporting();
-  void report_to_profiler(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory);
+  static void set_history_observer(HistoryObserver observer);  // an empty one: off
+  static bool observed();
+  // `delta` bytes at `ptr` were allocated (> 0) or freed (< 0) on `device`; `host_memory`: a
+  // block a CPU kernel allocated (CPU's allocator reported it to the profiler as CPU memory).
+  void notify(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory);
 
   // In a forked child: the counters' locks forget the parent's threads.
   void reset_locks_after_fork();

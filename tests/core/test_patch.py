@@ -136,4 +136,5 @@ def test_distinct_functions_get_distinct_replacements():
 
 @pytest.mark.parametrize("name", ["is_available", "device_count", "current_device", "synchronize"])
 def test_torch_cuda_answers_through_patches(name):
-    assert getattr(torch.cuda, name) in {p.replacement for p in REGISTRY}
+    # By identity: some replacements (inductor's GPU_TYPES list, patched on first compile) are unhashable.
+    assert any(getattr(torch.cuda, name) is p.replacement for p in REGISTRY)

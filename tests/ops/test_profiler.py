@@ -12,6 +12,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
+def _within_cpu_time(cpu_us: float) -> float:
+    return cpu_us * 1.002 + 5
+
+
 def _training_step(model, x, target, optimizer):
     loss = torch.nn.functional.cross_entropy(model(x), target)
     loss.backward()
@@ -38,9 +42,10 @@ def test_every_op_has_device_time_within_its_total_time():
     for event in ops:
         # Whole microseconds: ops that take less (metadata ones) may show 0.
         assert event.device_time_total > 0 or event.cpu_time_total < 2, event.name
-        # The device events are taken inside the op's own interval. The profiler times CPU ops
-        # on its own clock conversion: the two agree to ~0.1% (1 us: rounding).
-        assert event.device_time_total <= event.cpu_time_total * 1.002 + 1, (event.name, event.device_time_total)
+        # The device events are taken inside the op's own interval, on the clock the profiler
+        # times CPU ops with but converted apart: they agree to ~0.1%, plus the few us an event
+        # takes to record.
+        assert event.device_time_total <= _within_cpu_time(event.cpu_time_total), (event.name, event.device_time_total)
     averages = prof.key_averages()
     assert sum(a.self_device_time_total for a in averages) > 0
     table = averages.table(sort_by="cuda_time_total", row_limit=5)
@@ -61,7 +66,7 @@ def test_trace_has_the_device_work_on_a_gpu_row(tmp_path):
     cpu_ops = {e["args"]["External id"]: e for e in events if e.get("cat") == "cpu_op"}
     for kernel in kernels:  # within the op that ran it, linked to it
         op = cpu_ops[kernel["args"]["External id"]]
-        assert op["ts"] <= kernel["ts"] + 1 and kernel["ts"] + kernel["dur"] <= op["ts"] + op["dur"] + 1
+        assert op["ts"] <= kernel["ts"] + 1 and kernel["ts"] + kernel["dur"] <= op["ts"] + _within_cpu_time(op["dur"])
     assert any(e.get("cat") == "ac2g" and e["ph"] == "f" for e in events)
 
 
@@ -83,7 +88,7 @@ def test_autograd_profiler_with_use_device_cuda_and_nvtx_ranges():
     names = {e.name for e in prof.function_events}
     assert {"my-range", "scoped", "aten::mm"} <= names
     mm = next(e for e in prof.function_events if e.name == "aten::mm")
-    assert 0 < mm.device_time_total <= mm.cpu_time_total * 1.002 + 1
+    assert 0 < mm.device_time_total <= _within_cpu_time(mm.cpu_time_total)
 
 
 def test_no_warning_is_printed():

@@ -8,9 +8,9 @@ the others call ``torch.cuda.current_device`` and friends through them).
 from __future__ import annotations
 
 from torchdevice.ops import (amp, autograd, device, distributed, dtensor_random, extensions, graphs, host, legacy_types,
-                             memory, profiler, random, storage, streams)
+                             memory, memory_history, profiler, random, storage, streams)
 
-MODULES = (device, memory, storage, legacy_types, streams, graphs, random, amp, autograd, host, distributed, dtensor_random,
+MODULES = (device, memory, memory_history, storage, legacy_types, streams, graphs, random, amp, autograd, host, distributed, dtensor_random,
            extensions, profiler)
 
 

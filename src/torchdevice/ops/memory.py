@@ -17,18 +17,11 @@ import torch.cuda
 import torch.cuda.memory
 
 from torchdevice import _C
-from torchdevice.core.logger import warn_unfaithful
 from torchdevice.core.patch import REGISTRY
 from torchdevice.ops.device import device_index
 
 OWNER = "ops.memory"
 _TYPE = "cuda"
-_HISTORY_TOPIC = "memory-history"
-_HISTORY_MESSAGE = (
-    "torch.cuda memory snapshots and history are empty: the emulated allocator counts bytes "
-    "(memory_stats) but keeps no block map or allocation history"
-)
-
 # Allocations made through caching_allocator_alloc, kept alive by pointer until
 # caching_allocator_delete (CUDA's allocator tracks raw blocks the same way).
 _raw_blocks: dict[int, torch.Tensor] = {}
@@ -114,21 +107,6 @@ def apply_patches() -> None:
     @patch(C, "_cuda_getMemoryFraction", owner=OWNER)
     def _cuda_getMemoryFraction(device: int) -> float:
         return _C.memory_fraction(_TYPE, _valid_device(device))
-
-    @patch(C, "_cuda_memorySnapshot", owner=OWNER)
-    def _cuda_memorySnapshot(args: Any = None) -> dict[str, Any]:
-        # The allocator keeps byte counts, not a block map, so there are no segments to list
-        # (what a real GPU reports before its first allocation); memory_stats has the totals.
-        warn_unfaithful(_HISTORY_TOPIC, _HISTORY_MESSAGE)
-        count = _C.device_count(_TYPE)
-        return {"segments": [], "device_traces": [[] for _ in range(count)], "allocator_settings": {}}
-
-    @patch(C, "_cuda_record_memory_history", owner=OWNER)
-    def _cuda_record_memory_history(*args: Any, **kwargs: Any) -> None:
-        # Accepted so profiling scripts run; no allocation history is recorded (see above).
-        if (args and args[0]) or kwargs.get("enabled"):  # switching it off is faithful
-            warn_unfaithful(_HISTORY_TOPIC, _HISTORY_MESSAGE)
-        return None
 
     @patch(C, "_cuda_cudaCachingAllocator_raw_alloc", owner=OWNER)
     def _cuda_cudaCachingAllocator_raw_alloc(size: int, stream: int) -> int:

@@ -11,7 +11,9 @@ too. ``torch.profiler.supported_activities()`` still lists CUDA, as on a GPU.
 The fallback leaves device work out of the Chrome trace; ``export_chrome_trace`` adds it on a
 GPU row, as CUPTI's traces have it: process "GPU N", thread "stream 7" (CUDA's default stream),
 one "kernel" event per op with device time of its own, after that op's children, linked to its
-CPU op by a flow arrow. The fallback's events do not name their device: the row is the current
+CPU op by a flow arrow. (On a CUDA build without a GPU, kineto itself logs "gpuGetDeviceCount
+failed with code 35" when it writes a trace: it asks the real CUDA runtime for device
+properties. ``KINETO_LOG_LEVEL=5`` in the environment silences it.) The fallback's events do not name their device: the row is the current
 device's.
 """
 

@@ -1,0 +1,166 @@
+"""CUDA's memory history and snapshots on the emulated device.
+
+``torch.cuda.memory._record_memory_history()`` makes the native allocator report every
+allocation and free of emulated memory (``_C.set_memory_history_observer``); this module keeps,
+as CUDA's caching allocator does, the live blocks with the stack that allocated them and a trace
+of alloc/free events per device (Python and TorchScript frames, C++ frames too with
+``stacks="all"``). ``_snapshot()``/``memory_snapshot()``/``_dump_snapshot()`` return them in CUDA's
+format, which ``torch.cuda._memory_viz`` and https://pytorch.org/memory_viz render.
+
+The emulated allocator caches nothing, so each block is its own segment (what CUDA reports with
+``PYTORCH_NO_CUDA_MEMORY_CACHING=1``): reserved equals allocated, and a segment is freed with its
+block. Only blocks allocated while history was recorded are known: start recording before the
+model is built to see all of them. Off, the allocator pays one relaxed load per allocation.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from typing import Any
+
+import torch
+
+from torchdevice import _C
+from torchdevice.core.patch import REGISTRY
+
+OWNER = "ops.memory_history"
+_TYPE = "cuda"
+_SMALL_SEGMENT = 1 << 20  # CUDA's small pool: blocks up to 1 MiB
+_ACTIONS_ALLOC = ("segment_alloc", "alloc")
+_ACTIONS_FREE = ("free_requested", "free_completed", "segment_free")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.enabled: str | None = None  # None, "state" (blocks only) or "all" (blocks and trace)
+        self.context: str | None = "all"
+        self.stacks = "python"
+        self.max_entries = sys.maxsize
+        self.skip_actions: set[str] = set()
+        self.blocks: dict[tuple[int, int], tuple[int, Any]] = {}  # (device, addr) -> (size, traceback)
+        self.traces: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+        self.in_observer = threading.local()
+
+    def _traceback(self) -> Any:
+        cpp = self.stacks == "all"
+        return torch._C._profiler.gather_traceback(python=True, script=True, cpp=cpp)
+
+    def observe(self, allocated: bool, addr: int, size: int, device: int) -> None:
+        if getattr(self.in_observer, "active", False):
+            return
+        self.in_observer.active = True
+        try:
+            wants_stack = self.context in ("all", "alloc") if allocated else self.context in ("all",)
+            traceback = self._traceback() if wants_stack else None
+            with self.lock:
+                if allocated:
+                    self.blocks[(device, addr)] = (size, traceback if self.context in ("all", "alloc", "state") else None)
+                else:
+                    self.blocks.pop((device, addr), None)
+                if self.enabled == "all":
+                    trace = self.traces[device]
+                    now_us = time.time_ns() // 1000
+                    for action in _ACTIONS_ALLOC if allocated else _ACTIONS_FREE:
+                        if action not in self.skip_actions:
+                            trace.append((action, addr, size, now_us, traceback))
+                    while len(trace) > self.max_entries:
+                        trace.popleft()
+        finally:
+            self.in_observer.active = False
+
+
+_recorder = _Recorder()
+
+
+def record_memory_history(enabled: Any = "all", context: Any = "all", stacks: str = "all",
+                          max_entries: int = sys.maxsize, clear_history: bool = False, compile_context: bool = False,
+                          global_record_annotations: bool = False, skip_actions: Any = None,
+                          record_pinned_host_memory: bool = False, record_cuda: bool = True) -> None:
+    """``torch._C._cuda_record_memory_history``: the same arguments and meaning (the compile and
+    annotation contexts and pinned host memory are not recorded)."""
+    skip_actions = skip_actions or []
+    if not record_cuda:
+        enabled = None
+    if enabled not in (None, "state", "all"):
+        raise ValueError(f"expected enabled to be None, 'state' or 'all', got {enabled!r}")
+    if context not in (None, "state", "alloc", "all"):
+        raise ValueError(f"expected context to be None, 'state', 'alloc' or 'all', got {context!r}")
+    if stacks not in ("python", "all"):
+        raise ValueError(f"expected stacks to be 'python' or 'all', got {stacks!r}")
+    with _recorder.lock:
+        if clear_history or enabled is None:
+            _recorder.traces.clear()
+        _recorder.enabled, _recorder.context, _recorder.stacks = enabled, context, stacks
+        _recorder.max_entries = max(int(max_entries), 0)
+        _recorder.skip_actions = set(skip_actions)
+        if enabled is None:
+            _recorder.blocks.clear()
+    _C.set_memory_history_observer(_recorder.observe if enabled is not None else None)
+
+
+def _record_memory_history_legacy(enabled: bool, record_context: bool = True, trace_alloc_max_entries: int = 1,
+                                  trace_alloc_record_context: bool = False, record_context_cpp: bool = False,
+                                  *_: Any, **__: Any) -> None:
+    if not enabled:
+        record_memory_history(None)
+        return
+    record_memory_history("all" if trace_alloc_max_entries > 1 else "state",
+                          "all" if (record_context or trace_alloc_record_context) else None,
+                          "all" if record_context_cpp else "python", trace_alloc_max_entries)
+
+
+def _frames(tracebacks: list[Any]) -> dict[int, list[dict]]:
+    present = [tb for tb in tracebacks if tb is not None]
+    unique = list({id(tb): tb for tb in present}.values())
+    symbolized = torch._C._profiler.symbolize_tracebacks(unique) if unique else []
+    return {id(tb): frames for tb, frames in zip(unique, symbolized)}
+
+
+def memory_snapshot(args: Any = None) -> dict[str, Any]:
+    """``torch._C._cuda_memorySnapshot``: segments with their blocks, and the event traces."""
+    include_traces = not (isinstance(args, tuple) and len(args) >= 3 and not args[2])
+    with _recorder.lock:
+        blocks = sorted(_recorder.blocks.items())
+        traces = {d: list(t) for d, t in _recorder.traces.items()} if include_traces else {}
+    frames = _frames([tb for _, (_, tb) in blocks] + [e[4] for t in traces.values() for e in t])
+    segments = []
+    for (device, addr), (size, tb) in blocks:
+        stack = frames.get(id(tb), [])
+        segments.append({
+            "device": device, "address": addr, "total_size": size, "allocated_size": size,
+            "active_size": size, "requested_size": size, "stream": 0,
+            "segment_type": "small" if size <= _SMALL_SEGMENT else "large", "segment_pool_id": (0, 0),
+            "is_expandable": False, "frames": stack,
+            "blocks": [{"address": addr, "size": size, "requested_size": size, "state": "active_allocated",
+                        "frames": stack}],
+        })
+    count = _C.device_count(_TYPE)
+    device_traces = [[] for _ in range(count)]
+    for device, events in traces.items():
+        if 0 <= device < count:
+            device_traces[device] = [
+                {"action": action, "addr": addr, "size": size, "stream": 0, "time_us": time_us,
+                 "frames": frames.get(id(tb), [])}
+                for action, addr, size, time_us, tb in events
+            ]
+    return {"segments": segments, "device_traces": device_traces,
+            "allocator_settings": {"PYTORCH_CUDA_ALLOC_CONF": "", "max_split_size": -1, "garbage_collection_threshold": 0.0,
+                                   "expandable_segments": False, "pinned_num_register_threads": 1,
+                                   "release_lock_on_cudamalloc": False, "pinned_use_host_register": False,
+                                   "roundup_power2_divisions": {}}}
+
+
+def apply_patches() -> None:
+    C = torch._C
+    REGISTRY.patch(C, "_cuda_record_memory_history", record_memory_history, owner=OWNER)
+    REGISTRY.patch(C, "_cuda_record_memory_history_legacy", _record_memory_history_legacy, owner=OWNER)
+    REGISTRY.patch(C, "_cuda_memorySnapshot", memory_snapshot, owner=OWNER)
+    # Switched off with the registry (torchdevice's deactivation) and before the interpreter goes.
+    REGISTRY.native(C, "memory history observer", undo=lambda: _C.set_memory_history_observer(None), owner=OWNER)
+    import atexit
+
+    atexit.register(_C.set_memory_history_observer, None)

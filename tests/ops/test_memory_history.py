@@ -1,0 +1,87 @@
+"""CUDA's memory history and snapshots on the emulated device (ops/memory_history.py)."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+
+import pytest
+import torch
+from torch.cuda import _memory_viz
+
+
+@pytest.fixture
+def recording():
+    gc.collect()
+    torch.cuda.memory._record_memory_history(max_entries=100000, stacks="python")
+    try:
+        yield
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+def _train_step():  # the allocations of interest happen in this file: their frames name it
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).cuda()
+    optimizer = torch.optim.Adam(model.parameters())
+    x, y = torch.randn(16, 32, device="cuda"), torch.randn(16, 4, device="cuda")
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return model, optimizer, loss
+
+
+def test_snapshot_blocks_add_up_to_the_allocator_counts(recording):
+    baseline = torch.cuda.memory_allocated()
+    kept = _train_step()
+    snapshot = torch.cuda.memory._snapshot()
+    segments = [s for s in snapshot["segments"] if s["device"] == 0]
+    assert segments
+    blocks = [b for s in segments for b in s["blocks"]]
+    assert all(b["state"] == "active_allocated" for b in blocks)
+    assert sum(b["size"] for b in blocks) == torch.cuda.memory_allocated() - baseline
+    assert sum(s["total_size"] for s in segments) == torch.cuda.memory_reserved() - baseline
+    assert torch.cuda.memory_snapshot() == snapshot["segments"]
+    del kept
+
+
+def test_events_carry_the_users_file_and_line(recording):
+    kept = _train_step()
+    del kept
+    gc.collect()
+    trace = torch.cuda.memory._snapshot()["device_traces"][0]
+    actions = {e["action"] for e in trace}
+    assert {"alloc", "free_requested", "free_completed", "segment_alloc", "segment_free"} <= actions
+    allocs = [e for e in trace if e["action"] == "alloc"]
+    assert any(f["filename"] == __file__ and f["name"] == "_train_step" for e in allocs for f in e["frames"])
+    frees = [e for e in trace if e["action"] == "free_completed"]
+    assert frees and all(e["size"] > 0 for e in frees)
+    # Every block allocated and freed while recording is gone from the snapshot's segments.
+    live = {s["address"] for s in torch.cuda.memory._snapshot()["segments"]}
+    assert not live & {e["addr"] for e in frees} - {e["addr"] for e in allocs if e["time_us"] > frees[-1]["time_us"]}
+
+
+def test_memory_viz_renders_the_dumped_snapshot(recording, tmp_path):
+    kept = _train_step()
+    path = tmp_path / "snapshot.pickle"
+    torch.cuda.memory._dump_snapshot(str(path))
+    with open(path, "rb") as f:
+        snapshot = pickle.load(f)
+    assert snapshot["segments"]
+    html = _memory_viz.trace_plot(snapshot)
+    assert "<html" in html.lower() or "<script" in html.lower()
+    assert "<script" in _memory_viz.segment_plot(snapshot).lower()
+    assert "segment" in _memory_viz.segsum(snapshot).lower()
+    del kept
+
+
+def test_recording_off_keeps_nothing():
+    torch.cuda.memory._record_memory_history(enabled=None)
+    x = torch.empty(1000, device="cuda")
+    assert torch.cuda.memory._snapshot()["segments"] == []
+    del x
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="enabled"):
+        torch.cuda.memory._record_memory_history(enabled="sometimes")
