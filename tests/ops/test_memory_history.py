@@ -85,3 +85,21 @@ def test_recording_off_keeps_nothing():
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="enabled"):
         torch.cuda.memory._record_memory_history(enabled="sometimes")
+
+
+def test_recorded_from_the_start_blocks_equal_the_allocator_counts(run_snippet):
+    # Recording before the first cuda allocation: every live block is in the snapshot.
+    out = run_snippet(
+        """
+        torch.cuda.memory._record_memory_history(stacks="python")
+        model = torch.nn.Linear(16, 16).cuda()
+        loss = model(torch.randn(4, 16, device="cuda")).sum()
+        loss.backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        snapshot = torch.cuda.memory._snapshot()
+        blocks = sum(b["size"] for s in snapshot["segments"] for b in s["blocks"])
+        segments = sum(s["total_size"] for s in snapshot["segments"])
+        print(blocks == torch.cuda.memory_allocated(), segments == torch.cuda.memory_reserved(), blocks > 0)
+        """
+    )
+    assert out.split() == ["True", "True", "True"]
