@@ -147,18 +147,19 @@ print("ok", len(cpu))
 ORDERS = {
     "torchdevice_first": "import torchdevice, torch, torchvision",
     "torchvision_first": "import torch, torchvision, torchdevice",
+    # `python -m torchdevice run script.py`: the script itself never names torchdevice.
+    "launcher": "import torch, torchvision",
 }
+
+
+def run_in(order: str, code: str) -> str:
+    return run(ORDERS[order] + "\n" + code, launcher=order == "launcher")
 
 
 @needs_torchvision
 @pytest.mark.parametrize("order", ORDERS)
 def test_torchvision_ops_forward_and_backward_equal_cpu(order):
-    assert run(ORDERS[order] + "\n" + TORCHVISION_OPS).split() == ["ok", "12"]
-
-
-@needs_torchvision
-def test_torchvision_ops_with_the_launcher():
-    assert run("import torch, torchvision\n" + TORCHVISION_OPS, launcher=True).split() == ["ok", "12"]
+    assert run_in(order, TORCHVISION_OPS).split() == ["ok", "12"]
 
 
 DETECTION_STEPS = """
@@ -211,7 +212,7 @@ for builder in (detection.fasterrcnn_mobilenet_v3_large_fpn, detection.maskrcnn_
 @needs_torchvision
 @pytest.mark.parametrize("order", ORDERS)
 def test_detection_models_train_and_eval_steps_equal_cpu(order):
-    out = run(ORDERS[order] + "\n" + DETECTION_STEPS)
+    out = run_in(order, DETECTION_STEPS)
     assert out.split() == ["fasterrcnn_mobilenet_v3_large_fpn", "ok", "maskrcnn_resnet50_fpn", "ok"]
 
 
@@ -250,7 +251,7 @@ print("ok")
 @needs_torchvision
 @pytest.mark.parametrize("order", ORDERS)
 def test_jpeg_decode_and_encode_on_cuda_give_the_cpu_codecs_result(order):
-    assert run(ORDERS[order] + "\n" + JPEG_CODEC).strip().endswith("ok")
+    assert run_in(order, JPEG_CODEC).strip().endswith("ok")
 
 
 def test_a_library_loaded_with_ctypes_is_watched_too():
