@@ -36,11 +36,11 @@ int64_t gpu_choice(int64_t cpu_choice, const Tensor& query, const Tensor& key) {
   return static_cast<int64_t>(sdp::SDPBackend::flash_attention);
 }
 
-// ATen's CUDA entry of `_fused_sdp_choice_stub`, which the op's meta kernel calls for CUDA
-// tensors (fake tensors while torch.compile traces): on a CPU build it is missing, on a CUDA
-// build it asks the GPU. The CPU's choice (its CPU kernel, reached directly: it reads only
-// shapes, dtypes, strides and the global SDP flags) stands in.
-int64_t sdp_choice_stub(const Tensor& query, const Tensor& key, const Tensor& value, const std::optional<Tensor>& mask,
+// `_fused_sdp_choice` on emulated cuda, and ATen's CUDA entry of `_fused_sdp_choice_stub`, which
+// the op's meta kernel calls for CUDA tensors (fake tensors while torch.compile traces): on a CPU
+// build it is missing, on a CUDA build it asks the GPU. The CPU's choice (its CPU kernel, reached
+// directly: it reads only shapes, dtypes, strides and the global SDP flags) is the starting point.
+int64_t sdp_choice(const Tensor& query, const Tensor& key, const Tensor& value, const std::optional<Tensor>& mask,
                         double dropout_p, bool is_causal, std::optional<double> scale, bool enable_gqa) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("aten::_fused_sdp_choice", "")
@@ -49,11 +49,6 @@ int64_t sdp_choice_stub(const Tensor& query, const Tensor& key, const Tensor& va
   const int64_t cpu = op.redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), query, key, value, mask, dropout_p,
                                     is_causal, scale, enable_gqa);
   return gpu_choice(cpu, query, key);
-}
-
-int64_t sdp_choice(const Tensor& query, const Tensor& key, const Tensor& value, const std::optional<Tensor>& mask,
-                   double dropout_p, bool is_causal, std::optional<double> scale, bool enable_gqa) {
-  return sdp_choice_stub(query, key, value, mask, dropout_p, is_causal, scale, enable_gqa);
 }
 
 // The CPU flash kernel's logsumexp (B, H, L) in the layout it produces, for its backward.
@@ -119,7 +114,7 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_backward(
 } // namespace
 
 void register_gpu_attention(torch::Library& aten) {
-  at::native::_fused_sdp_choice_stub.set_cuda_dispatch_ptr(&sdp_choice_stub);
+  at::native::_fused_sdp_choice_stub.set_cuda_dispatch_ptr(&sdp_choice);
   aten.impl("_fused_sdp_choice", TORCH_FN(sdp_choice));
   aten.impl("_scaled_dot_product_efficient_attention", TORCH_FN(efficient_attention));
   aten.impl("_scaled_dot_product_efficient_attention_backward", TORCH_FN(efficient_attention_backward));
