@@ -6,6 +6,7 @@
 #include "dispatch/standin.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
+#include "runtime/kernel_clock.h"
 #include "runtime/runner.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -212,7 +213,10 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
     }
   }
 
-  op.redispatchBoxed(c10::DispatchKeySet(runner.key()), stack);
+  {
+    const kernel_clock::KernelTimer timer([&] { return call.device().index(); });
+    op.redispatchBoxed(c10::DispatchKeySet(runner.key()), stack);
+  }
   redirect.reset();
 
   for (const auto& [standin, original] : mutated) {

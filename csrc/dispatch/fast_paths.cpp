@@ -4,6 +4,7 @@
 #include "dispatch/standin.h"
 #include "runtime/device.h"
 #include "runtime/hot_path.h"
+#include "runtime/kernel_clock.h"
 
 #include <ATen/Operators.h>
 
@@ -134,13 +135,20 @@ struct FastPath<kType, Op, Ret(Args...)> {
     FastCall<kType, kMutable> call;
     // Braced initialisation lowers the arguments left to right.
     std::tuple<decltype(call.lower(std::forward<Args>(args)))...> lowered{call.lower(std::forward<Args>(args))...};
+    auto device_index = [&] { return call.device().index(); };
     if constexpr (std::is_void_v<Ret>) {
-      std::apply([](auto&... a) { Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); }, lowered);
+      {
+        const kernel_clock::KernelTimer timer(device_index);
+        std::apply([](auto&... a) { Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); }, lowered);
+      }
       if constexpr (kMutable > 0) call.sync_mutated();
     } else {
-      auto result = std::apply(
-          [](auto&... a) -> decltype(auto) { return Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); },
-          lowered);
+      auto result = [&]() -> decltype(auto) {
+        const kernel_clock::KernelTimer timer(device_index);
+        return std::apply(
+            [](auto&... a) -> decltype(auto) { return Op::redispatch(c10::DispatchKeySet(c10::DispatchKey::CPU), a...); },
+            lowered);
+      }();
       if constexpr (kMutable > 0) call.sync_mutated();
       if constexpr (std::is_lvalue_reference_v<Ret>) {
         return call.map_mutated(result);

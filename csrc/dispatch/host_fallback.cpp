@@ -4,6 +4,7 @@
 #include "dispatch/ivalue_lists.h"
 #include "runtime/device.h"
 #include "runtime/generator.h"
+#include "runtime/kernel_clock.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
@@ -22,6 +23,9 @@ class HostCall {
     arg_ = &arg;
     written_ = written;
   }
+
+  // The emulated device the op runs for: that of its emulated tensors, else the current one.
+  c10::DeviceIndex device_index() const { return device_ ? device_->index() : current_device(kType); }
 
   at::Tensor to_host(const at::Tensor& t) {
     // The same mixed-device errors as on the runner's own kernels.
@@ -121,7 +125,10 @@ void run_on_host(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     call.lower(v);
   }
 
-  op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  {
+    const kernel_clock::KernelTimer timer([&] { return call.device_index(); });
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  }
 
   for (const at::Tensor& t : written) call.write_back(t);
   const size_t num_returns = op.schema().returns().size();

@@ -7,6 +7,7 @@
 #include "dispatch/host_routes.h"
 
 #include "runtime/device.h"
+#include "runtime/kernel_clock.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_to_copy.h>
@@ -55,7 +56,10 @@ void run_on_host(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys*/, to
       v = std::move(lowered);
     }
   }
-  op.callBoxed(stack);
+  {
+    const kernel_clock::KernelTimer timer([&] { return device ? device->index() : current_device(kType); });
+    op.callBoxed(stack);
+  }
   if (!device) return;
   const size_t num_returns = op.schema().returns().size();
   for (size_t i = stack->size() - num_returns; i < stack->size(); ++i) {

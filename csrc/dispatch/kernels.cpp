@@ -3,6 +3,7 @@
 #include "dispatch/standin.h"
 #include "runtime/allocator.h"
 #include "runtime/device.h"
+#include "runtime/kernel_clock.h"
 #include "runtime/timeline.h"
 
 #include <ATen/EmptyTensor.h>
@@ -84,6 +85,7 @@ at::Tensor& copy_(at::Tensor& self, const at::Tensor& src, bool non_blocking) {
   StandIns standins(runner);
   at::Tensor self_on_runner = self.device().type() == kType ? standins.make(self) : self;
   const at::Tensor src_on_runner = src.device().type() == kType ? standins.make(src) : src;
+  const kernel_clock::KernelTimer timer([&] { return (self.device().type() == kType ? self : src).device().index(); });
   at::_ops::copy_::redispatch(c10::DispatchKeySet(runner.key()), self_on_runner, src_on_runner, non_blocking);
   return self;
 }
@@ -98,12 +100,14 @@ at::Tensor& zero_(at::Tensor& self) {
   const int64_t numel = self.numel();
   if (runner.is_cpu() && numel < at::internal::GRAIN_SIZE && self.is_non_overlapping_and_dense()) {
     if (void* data = self.mutable_data_ptr(); data != nullptr && numel > 0) {
+      const kernel_clock::KernelTimer timer([&] { return self.device().index(); });
       std::memset(data, 0, numel * self.itemsize());
       return self;
     }
   }
   StandIns standins(runner);
   at::Tensor standin = standins.make(self);
+  const kernel_clock::KernelTimer timer([&] { return self.device().index(); });
   at::_ops::zero_::redispatch(c10::DispatchKeySet(runner.key()), standin);
   return self;
 }
@@ -146,6 +150,7 @@ at::Tensor softmax_like(Op op, const at::Tensor& self, int64_t dim, bool half_to
   StandIns standins(runner);
   at::Tensor input = standins.make(self);
   const bool emulate_half_to_float = half_to_float && runner.is_cpu();
+  const kernel_clock::KernelTimer timer([&] { return self.device().index(); });
   if (emulate_half_to_float) input = input.to(at::kFloat);
   at::Tensor out = op(c10::DispatchKeySet(runner.key()), input, dim, half_to_float && !emulate_half_to_float);
   adopt_output(out, self.device());
@@ -160,6 +165,7 @@ at::Tensor softmax_backward_like(Op op, const at::Tensor& grad, const at::Tensor
   const Runner& runner = runner_for(grad.device().type());
   StandIns standins(runner);
   const bool half_to_float = runner.is_cpu() && grad.scalar_type() != input_dtype;
+  const kernel_clock::KernelTimer timer([&] { return grad.device().index(); });
   at::Tensor out = op(c10::DispatchKeySet(runner.key()), standins.make(grad),
                                   standins.make(output), dim, half_to_float ? grad.scalar_type() : input_dtype);
   if (half_to_float) out = out.to(input_dtype);

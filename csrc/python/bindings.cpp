@@ -6,6 +6,7 @@
 #include "runtime/device.h"
 #include "runtime/pinned_memory.h"
 #include "runtime/generator.h"
+#include "runtime/kernel_clock.h"
 #include "runtime/runner.h"
 #include "runtime/timeline.h"
 
@@ -101,6 +102,10 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("set_profiler_memory_reporting", [](bool on) { torchdevice::EmulatedAllocator::set_profiler_reporting(on); },
         "Allocations and frees of emulated memory are reported to torch.profiler while on (ops/profiler.py).");
+  m.def("set_kernel_timing", [](bool on) { torchdevice::kernel_clock::set_timing(on); },
+        "Runner kernels are timed for the profiler's device time while on (runtime/kernel_clock.h); the "
+        "profiler's first device event switches it on, ops/profiler.py off when the last profiler stops.");
+  m.def("kernel_timing", [] { return torchdevice::kernel_clock::timing(); });
 
   // The memory history (ops/memory_history.py): `observer(allocated, ptr, nbytes, device)` on
   // every allocation and free of emulated memory while set; None switches it off.

@@ -1,5 +1,7 @@
 #include "runtime/timeline.h"
 
+#include "runtime/kernel_clock.h"
+
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -30,6 +32,7 @@ void keep_busy(const c10::Stream& stream, Clock::duration duration) {
   auto& until = busy_until()[key_of(stream)];
   until = std::max(until, now) + duration;
   g_any_queued.store(true, std::memory_order_release);
+  kernel_clock::add_queued(stream.device_index(), duration);  // the profiler's device time
 }
 
 Clock::time_point ready_at(const c10::Stream& stream) {

@@ -3,32 +3,40 @@
 The native core registers CUDA profiler stubs (csrc/runtime/profiler_stubs.cpp): torch's own
 "GPU fallback" profiling, which it uses wherever CUPTI is absent, takes a device event before
 and after each op and reports their distance as the op's CUDA time, so ``cuda_time_total``,
-``self_device_time_total`` and the table's CUDA columns are filled. On a CPU build that is the
-path torch takes for ``ProfilerActivity.CUDA`` already; a CUDA build's kineto would ask CUPTI,
-which needs a GPU, so its profiler is told CUDA tracing is not available and takes the fallback
-too. ``torch.profiler.supported_activities()`` still lists CUDA, as on a GPU.
+``self_device_time_total`` and the table's CUDA columns are filled. An event reads the device's
+kernel clock (csrc/runtime/kernel_clock.h): the time runner kernels have run on it, so an op's
+device time is the time its kernels ran, within its CPU time, in whole microseconds (torch's
+fallback keeps no more). On a CPU build that is the path torch takes for ``ProfilerActivity.CUDA``
+already; a CUDA build's kineto would ask CUPTI, which needs a GPU, so its profiler is told CUDA
+tracing is not available and takes the fallback too. ``torch.profiler.supported_activities()``
+still lists CUDA, as on a GPU. Kernels are timed only while a profiler runs.
 
 The fallback leaves device work out of the Chrome trace; ``export_chrome_trace`` adds it on a
 GPU row, as CUPTI's traces have it: process "GPU N", thread "stream 7" (CUDA's default stream),
 one "kernel" event per op with device time of its own, after that op's children, linked to its
-CPU op by a flow arrow. (On a CUDA build without a GPU, kineto itself logs "gpuGetDeviceCount
-failed with code 35" when it writes a trace: it asks the real CUDA runtime for device
-properties. ``KINETO_LOG_LEVEL=5`` in the environment silences it.) The fallback's events do not name their device: the row is the current
-device's.
+CPU op by a flow arrow. The fallback's events do not name their device: the row is the current
+device's. A CUDA build's kineto logs an error when a profile stops on a machine without a GPU
+(it asks the CUDA runtime for device properties); it is kept quiet around the stop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import gzip
 import json
+import os
 from typing import Any
 
 import torch
 
+from torchdevice.core.device import torch_has_cuda_build
 from torchdevice.core.patch import REGISTRY
 
 OWNER = "ops.profiler"
 _DEFAULT_STREAM = 7  # what CUPTI traces call the default stream
+_KINETO_SILENT = 5  # above kineto's highest severity (ERROR = 4): KINETO_LOG_LEVEL=5
 
 
 def _device_rows(function_events: Any, trace: dict) -> list[dict]:
@@ -99,6 +107,10 @@ def apply_patches() -> None:
 
     def _start_trace(self, *args, **kwargs):
         result = start_trace(self, *args, **kwargs)
+        if self.enabled and getattr(self, "use_device", None) == "cuda":
+            # The stubs' first device event switches kernel timing on; the last profiler's
+            # stop switches it off (runtime/kernel_clock.h).
+            _device_profilers.append(self)
         if self.enabled and self.profile_memory:
             _memory_profilers.append(self)
             _set_memory_reporting()
@@ -106,20 +118,62 @@ def apply_patches() -> None:
 
     def __exit__(self, *args, **kwargs):
         try:
-            return exit_(self, *args, **kwargs)
+            with _quiet_kineto():
+                return exit_(self, *args, **kwargs)
         finally:
             if self in _memory_profilers:
                 _memory_profilers.remove(self)
                 _set_memory_reporting()
+            if self in _device_profilers:
+                _device_profilers.remove(self)
+                if not _device_profilers:
+                    _C().set_kernel_timing(False)
 
     REGISTRY.patch(autograd_profiler.profile, "_start_trace", _start_trace, owner=OWNER)
     REGISTRY.patch(autograd_profiler.profile, "__exit__", __exit__, owner=OWNER)
 
 
 _memory_profilers: list[Any] = []
+_device_profilers: list[Any] = []
+
+
+def _C() -> Any:
+    from torchdevice import _C as native
+
+    return native
 
 
 def _set_memory_reporting() -> None:
-    from torchdevice import _C
+    _C().set_profiler_memory_reporting(bool(_memory_profilers))
 
-    _C.set_profiler_memory_reporting(bool(_memory_profilers))
+
+@functools.lru_cache(maxsize=None)
+def _kineto_severity() -> ctypes.c_int | None:
+    """kineto's log threshold (libkineto::Logger::severityLevel_, exported by libtorch_cpu), or None.
+
+    A CUDA build's kineto asks the CUDA runtime for device properties when a profile stops and
+    logs "gpuGetDeviceCount failed with code 35" where there is no GPU. kineto's own switch,
+    KINETO_LOG_LEVEL, is read when the profiler first starts; the threshold itself can be raised
+    around the stop.
+    """
+    if not torch_has_cuda_build():
+        return None  # a CPU build's kineto never asks a GPU
+    try:
+        library = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return ctypes.c_int.in_dll(library, "_ZN9libkineto6Logger14severityLevel_E")
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_kineto():
+    severity = _kineto_severity()
+    if severity is None:
+        yield
+        return
+    before = severity.value
+    severity.value = max(before, _KINETO_SILENT)
+    try:
+        yield
+    finally:
+        severity.value = before
