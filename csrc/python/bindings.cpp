@@ -16,6 +16,8 @@
 #include <torch/csrc/Generator.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <unordered_set>
+
 namespace py = pybind11;
 
 namespace {
@@ -131,6 +133,22 @@ PYBIND11_MODULE(_C, m) {
           }
         });
   }, py::arg("observer"));
+
+  // The emulated blocks behind `tensors`' storages, once each: (device, address, bytes), the
+  // blocks a memory snapshot lists besides those allocated while history was recorded.
+  m.def("emulated_blocks", [](const std::vector<at::Tensor>& tensors) {
+    std::vector<std::tuple<int, uintptr_t, size_t>> blocks;
+    std::unordered_set<const void*> seen;
+    for (const at::Tensor& t : tensors) {
+      if (!t.defined() || !t.has_storage()) continue;
+      const c10::Storage& storage = t.storage();
+      if (!storage || !seen.insert(storage.unsafeGetStorageImpl()).second) continue;
+      if (auto block = torchdevice::EmulatedAllocator::block_of(storage.data_ptr())) {
+        blocks.emplace_back(block->device, reinterpret_cast<uintptr_t>(block->address), block->nbytes);
+      }
+    }
+    return blocks;
+  }, py::arg("tensors"));
 
   // The runner: which device computes, the ops it lacks (run on the CPU, counted), and the wait
   // for its queued work.

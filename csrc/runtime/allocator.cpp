@@ -267,6 +267,27 @@ void EmulatedAllocator::notify(void* ptr, int64_t delta, c10::DeviceIndex device
   c10::reportMemoryUsageToProfiler(ptr, delta, in_use, in_use, c10::Device(type_, device));
 }
 
+std::optional<EmulatedAllocator::Block> EmulatedAllocator::block_of(const c10::DataPtr& data) {
+  const c10::DeleterFnPtr deleter = data.get_deleter();
+  if (deleter == &free_block) {
+    const auto* header = static_cast<const BlockHeader*>(data.get_context()) - 1;
+    return Block{data.get_context(), header->nbytes, header->device};
+  }
+  if (deleter == &free_adopted) {
+    const auto* block = static_cast<const AdoptedBlock*>(data.get_context());
+    return Block{block->host.get(), block->nbytes, block->device};
+  }
+  for (const auto* deleters : {&kCudaTaggedDeleters, &kMpsTaggedDeleters}) {
+    const auto it = std::find(deleters->begin(), deleters->end(), deleter);
+    if (it != deleters->end()) {
+      const auto tagged = reinterpret_cast<uintptr_t>(data.get_context());
+      return Block{reinterpret_cast<void*>(tagged & kAddressMask), tagged >> kAddressBits,
+                   static_cast<c10::DeviceIndex>(it - deleters->begin())};
+    }
+  }
+  return std::nullopt;
+}
+
 c10::DeleterFnPtr EmulatedAllocator::raw_deleter() const {
   // Runner memory carries a context (the runner's own DataPtr): no raw allocation API there.
   return runner_for(type_).is_cpu() ? &free_block : nullptr;

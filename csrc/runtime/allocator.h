@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include "runtime/stat_lock.h"
 
@@ -60,6 +61,16 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   // `delta` bytes at `ptr` were allocated (> 0) or freed (< 0) on `device`; `host_memory`: a
   // block a CPU kernel allocated (CPU's allocator reported it to the profiler as CPU memory).
   void notify(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory);
+
+  // The emulated block behind `data` (a storage's DataPtr): its address (what the observers
+  // were told) and the bytes counted for it; nullopt for memory this allocator does not count.
+  // For memory snapshots, which list the blocks allocated before history was recorded too.
+  struct Block {
+    void* address;
+    size_t nbytes;
+    c10::DeviceIndex device;
+  };
+  static std::optional<Block> block_of(const c10::DataPtr& data);
 
   // In a forked child: the counters' locks forget the parent's threads.
   void reset_locks_after_fork();

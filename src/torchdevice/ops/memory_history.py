@@ -9,13 +9,16 @@ format, which ``torch.cuda._memory_viz`` and https://pytorch.org/memory_viz rend
 
 The emulated allocator caches nothing, so each block is its own segment (what CUDA reports with
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``): reserved equals allocated, and a segment is freed with its
-block. Only blocks allocated while history was recorded are known: start recording before the
-model is built to see all of them. Off, the allocator pays one relaxed load per allocation.
+block. Off, the allocator pays one relaxed load per allocation and keeps no list of its blocks, so
+a snapshot finds the blocks allocated before recording (or without it) through the tensors that
+hold them (``gc``): listed without frames, as CUDA lists them; memory only C++ holds (the saved
+tensors of a graph not yet run backward) is missed there.
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import sys
 import threading
 import time
@@ -120,11 +123,20 @@ def _frames(tracebacks: list[Any]) -> dict[int, list[dict]]:
     return {id(tb): frames for tb, frames in zip(unique, symbolized)}
 
 
+def _live_blocks() -> dict[tuple[int, int], tuple[int, Any]]:
+    """The emulated blocks live tensors hold: (device, address) -> (size, no traceback)."""
+    # type(), not isinstance(): that reads __class__, which some lazy objects warn about.
+    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
+    return {(device, addr): (size, None) for device, addr, size in _C.emulated_blocks(tensors)}
+
+
 def memory_snapshot(args: Any = None) -> dict[str, Any]:
     """``torch._C._cuda_memorySnapshot``: segments with their blocks, and the event traces."""
     include_traces = not (isinstance(args, tuple) and len(args) >= 3 and not args[2])
+    live = _live_blocks()
     with _recorder.lock:
-        blocks = sorted(_recorder.blocks.items())
+        # Blocks allocated while recording keep their stacks; the others come from their tensors.
+        blocks = sorted({**live, **_recorder.blocks}.items())
         traces = {d: list(t) for d, t in _recorder.traces.items()} if include_traces else {}
     frames = _frames([tb for _, (_, tb) in blocks] + [e[4] for t in traces.values() for e in t])
     segments = []
