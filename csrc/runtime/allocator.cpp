@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <memory>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <pthread.h>
+#include <string>
 #include <unistd.h>
 #include <unordered_map>
 #include <utility>
@@ -45,10 +47,10 @@ std::shared_ptr<EmulatedAllocator::HistoryObserver> g_history_observer;  // read
 void free_block(void* data) {
   auto* header = static_cast<BlockHeader*>(data) - 1;
   auto& allocator = allocator_for(header->type);
-  allocator.record_free(header->device, header->nbytes);
   if (C10_UNLIKELY(EmulatedAllocator::observed())) {
     allocator.notify(data, -static_cast<int64_t>(header->nbytes), header->device, false);
   }
+  allocator.record_free(header->device, header->nbytes, data);
   c10::free_cpu(header);
 }
 
@@ -63,11 +65,11 @@ struct AdoptedBlock {
 
 void free_adopted(void* ctx) {
   auto* block = static_cast<AdoptedBlock*>(ctx);
-  block->allocator->record_free(block->device, block->nbytes);
   if (C10_UNLIKELY(EmulatedAllocator::observed())) {
     block->allocator->notify(block->host.get(), -static_cast<int64_t>(block->nbytes), block->device,
-                                         block->host.device().is_cpu());
+                             block->host.device().is_cpu());
   }
+  block->allocator->record_free(block->device, block->nbytes, block->host.get());
   delete block;
 }
 
@@ -87,11 +89,11 @@ const c10::DeleterFnPtr kDefaultCpuDeleter = c10::GetDefaultCPUAllocator()->raw_
 template <c10::DeviceType kType, c10::DeviceIndex kDevice>
 TORCHDEVICE_HOT void free_tagged(void* ctx) {
   const auto tagged = reinterpret_cast<uintptr_t>(ctx);
-  allocator_for(kType).record_free(kDevice, tagged >> kAddressBits);
+  void* address = reinterpret_cast<void*>(tagged & kAddressMask);
   if (C10_UNLIKELY(EmulatedAllocator::observed())) {
-    allocator_for(kType).notify(reinterpret_cast<void*>(tagged & kAddressMask),
-                                            -static_cast<int64_t>(tagged >> kAddressBits), kDevice, true);
+    allocator_for(kType).notify(address, -static_cast<int64_t>(tagged >> kAddressBits), kDevice, true);
   }
+  allocator_for(kType).record_free(kDevice, tagged >> kAddressBits, address);
   kDefaultCpuDeleter(reinterpret_cast<void*>(tagged & kAddressMask));
 }
 
@@ -114,26 +116,69 @@ void* tag_context(const c10::DataPtr& host, size_t nbytes) {
   return reinterpret_cast<void*>(address | (static_cast<uintptr_t>(nbytes) << kAddressBits));
 }
 
+// The stat families a reset applies to.
+std::array<c10::CachingAllocator::StatArray*, 9> model_stat_arrays(c10::CachingDeviceAllocator::DeviceStats& s) {
+  return {&s.allocation, &s.segment, &s.active, &s.inactive_split, &s.allocated_bytes, &s.reserved_bytes,
+          &s.active_bytes, &s.inactive_split_bytes, &s.requested_bytes};
+}
+
 // CUDA's pool for a block: small up to 1 MiB, else large (index into a StatArray).
 size_t pool_of(size_t nbytes) {
   return static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
 }
 
+// TORCHDEVICE_TOTAL_MEMORY: bytes, or a number with a binary unit ("24GB", "24GiB", "24G",
+// "512MB"): GPUs are sold by binary sizes, and CUDA reports them so.
+size_t parse_memory_size(const std::string& text) {
+  size_t end = 0;
+  double number = -1;
+  try {
+    number = std::stod(text, &end);
+  } catch (const std::exception&) {
+    end = 0;
+  }
+  std::string unit = text.substr(end);
+  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::toupper(c); });
+  if (unit.size() == 3 && unit.substr(1) == "IB") unit = unit.substr(0, 1);
+  if (unit.size() == 2 && unit[1] == 'B') unit = unit.substr(0, 1);
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1.0}, {"B", 1.0}, {"K", 1024.0}, {"M", 1024.0 * 1024}, {"G", 1024.0 * 1024 * 1024},
+      {"T", 1024.0 * 1024 * 1024 * 1024}};
+  for (const auto& [name, scale] : kUnits) {
+    if (end > 0 && number > 0 && unit == name) return static_cast<size_t>(number * scale);
+  }
+  TORCH_CHECK(false, "TORCHDEVICE_TOTAL_MEMORY='", text, "' is not a memory size: give bytes (25769803776) or a "
+              "positive number with a unit of B, KB, MB, GB or TB (binary: 1 GB = 1024^3 bytes), e.g. 24GB");
+}
+
 size_t default_total_memory() {
   // Report what the host really has: a limit the emulated device cannot honour would lie.
   if (const char* env = std::getenv("TORCHDEVICE_TOTAL_MEMORY")) {
-    return static_cast<size_t>(std::strtoull(env, nullptr, 10));
+    return parse_memory_size(env);
   }
   const long pages = sysconf(_SC_PHYS_PAGES);
   const long page_size = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * page_size : size_t(16) << 30;
 }
 
+bool caching_requested(c10::DeviceType type) {
+  const char* env = std::getenv("TORCHDEVICE_CUDA_CACHING");
+  if (type != c10::DeviceType::CUDA || env == nullptr || *env == '\0' || std::strcmp(env, "0") == 0) return false;
+  TORCH_CHECK(std::strcmp(env, "1") == 0, "TORCHDEVICE_CUDA_CACHING='", env,
+              "' is not valid: 1 models CUDA's caching allocator for the memory counts, 0 (the default) counts "
+              "each tensor's bytes");
+  return true;
+}
+
 } // namespace
 
 EmulatedAllocator::EmulatedAllocator(c10::DeviceType type)
-    : type_(type), total_memory_(default_total_memory()) {
-  for (auto& d : devices_) update_limit(d);
+    : type_(type), models_caching_(caching_requested(type)), total_memory_(default_total_memory()) {
+  for (auto& d : devices_) {
+    update_limit(d);
+    if (models_caching_) d.model = std::make_unique<CachingModel>();
+  }
 }
 
 EmulatedAllocator::PerDevice& EmulatedAllocator::device_state(c10::DeviceIndex device) {
@@ -157,27 +202,33 @@ void EmulatedAllocator::update_limit(PerDevice& d) {
   d.limit = capped >= static_cast<double>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(capped);
 }
 
-void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes) {
+void EmulatedAllocator::throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t tried) {
   ++d.num_ooms;
-  const auto in_use = static_cast<size_t>(d.bytes[0].current);
+  const auto allocated = static_cast<size_t>(d.model ? d.model->allocated() : d.bytes[0].current);
+  const auto reserved = static_cast<size_t>(d.model ? d.model->reserved() : d.bytes[0].current);
   const std::string name = type_ == c10::DeviceType::CUDA ? "CUDA" : c10::DeviceTypeName(type_);
   const double fraction = d.fraction;
   d.mutex.unlock();
   // Same shape as CUDA's caching-allocator message, so log scrapers and tests match it.
   TORCH_CHECK_WITH(OutOfMemoryError, false,
-      name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(nbytes),
+      name, " out of memory. Tried to allocate ", c10::CachingAllocator::format_size(tried),
       ". GPU ", int(device), " has a total capacity of ", c10::CachingAllocator::format_size(total_memory_),
-      " of which ", c10::CachingAllocator::format_size(free_bytes(in_use)),
-      " is free. Of the allocated memory ", c10::CachingAllocator::format_size(in_use),
-      " is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated."
+      " of which ", c10::CachingAllocator::format_size(free_bytes(reserved)),
+      " is free. Of the allocated memory ", c10::CachingAllocator::format_size(allocated),
+      " is allocated by PyTorch, and ", c10::CachingAllocator::format_size(reserved - allocated),
+      " is reserved by PyTorch but unallocated."
       " (torchdevice: the per-process memory fraction is ", fraction, ")");
 }
 
 // record_alloc and record_free run for every emulated tensor: `device` comes from a Device that
 // was checked when it was made, and the counters are updated without loops or floating point.
-TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes) {
+TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, size_t nbytes, const void* address) {
   auto& d = devices_[static_cast<size_t>(device)];
   d.mutex.lock();
+  if (C10_UNLIKELY(d.model != nullptr)) {
+    record_modelled_alloc(d, device, nbytes, address);
+    return;
+  }
   const auto bytes = static_cast<int64_t>(nbytes);
   if (C10_UNLIKELY(d.bytes[0].current + bytes > d.limit)) throw_out_of_memory(d, device, nbytes);
   const size_t pool = pool_of(nbytes);
@@ -189,9 +240,21 @@ TORCHDEVICE_HOT void EmulatedAllocator::record_alloc(c10::DeviceIndex device, si
   d.mutex.unlock();
 }
 
-TORCHDEVICE_HOT void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes) {
+void EmulatedAllocator::record_modelled_alloc(PerDevice& d, c10::DeviceIndex device, size_t nbytes,
+                                              const void* address) {
+  if (C10_UNLIKELY(!d.model->allocate(address, nbytes, d.limit))) {
+    throw_out_of_memory(d, device, CachingModel::segment_size(CachingModel::round_size(nbytes)));
+  }
+  d.mutex.unlock();
+}
+
+TORCHDEVICE_HOT void EmulatedAllocator::record_free(c10::DeviceIndex device, size_t nbytes, const void* address) {
   auto& d = devices_[static_cast<size_t>(device)];
   std::lock_guard<StatLock> lock(d.mutex);
+  if (C10_UNLIKELY(d.model != nullptr)) {
+    d.model->free(address);
+    return;
+  }
   const size_t pool = pool_of(nbytes);
   d.blocks[0].decrease(1);
   d.bytes[0].decrease(nbytes);
@@ -220,8 +283,22 @@ c10::DataPtr EmulatedAllocator::allocate_on(size_t nbytes, c10::DeviceIndex devi
     c10::DeviceGuard guard(runner.device_for(device));
     return adopt(real->allocate(nbytes), nbytes, device);
   }
-  record_alloc(device, nbytes);
-  auto* header = static_cast<BlockHeader*>(c10::alloc_cpu(nbytes + sizeof(BlockHeader)));
+  BlockHeader* header = nullptr;
+  if (C10_LIKELY(!models_caching_)) {
+    record_alloc(device, nbytes, nullptr);  // before the host allocation: a huge request is CUDA's OOM
+    header = static_cast<BlockHeader*>(c10::alloc_cpu(nbytes + sizeof(BlockHeader)));
+  } else {
+    // The model keys blocks by address, so the host block comes first (a request larger than
+    // any segment could be is refused before it).
+    refuse_beyond_limit(device, nbytes);
+    header = static_cast<BlockHeader*>(c10::alloc_cpu(nbytes + sizeof(BlockHeader)));
+    try {
+      record_alloc(device, nbytes, header + 1);
+    } catch (...) {
+      c10::free_cpu(header);
+      throw;
+    }
+  }
   header->nbytes = nbytes;
   header->device = device;
   header->type = type_;
@@ -253,18 +330,35 @@ bool EmulatedAllocator::observed() { return g_observers.load(std::memory_order_r
 // A block that a CPU kernel allocated (and CPU's allocator reported to the profiler) changes
 // hands: the profiler sees it leave the CPU and arrive on the device when adopted, and come
 // back to the CPU just before CPU's allocator reports freeing it, so each side's totals hold.
+//
+// Called after an allocation is counted and before a free is, so that the caching model still
+// knows the block: the history is told the model's address of it (the snapshot's segments are the
+// model's), and the profiler the totals after the event, as CUDA reports them.
 void EmulatedAllocator::notify(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory) {
   const uint8_t observers = g_observers.load(std::memory_order_acquire);
+  auto& d = devices_[static_cast<size_t>(device)];
+  const auto nbytes = static_cast<size_t>(delta > 0 ? delta : -delta);
   if (observers & kHistoryBit) {
     if (auto observer = std::atomic_load(&g_history_observer)) {
-      (*observer)(delta > 0, ptr, static_cast<size_t>(delta > 0 ? delta : -delta), device);
+      void* address = ptr;
+      if (d.model) {
+        std::lock_guard<StatLock> lock(d.mutex);
+        address = reinterpret_cast<void*>(d.model->address_of(ptr));
+      }
+      (*observer)(delta > 0, address, nbytes, device);
     }
   }
   if (!(observers & kProfilerBit)) return;
-  const auto& d = devices_[static_cast<size_t>(device)];
-  const auto in_use = static_cast<size_t>(std::max<int64_t>(d.bytes[0].current, 0));  // a racy read is fine here
+  int64_t allocated = 0, reserved = 0;
+  {
+    std::lock_guard<StatLock> lock(d.mutex);
+    const size_t counted = d.model ? CachingModel::round_size(nbytes) : nbytes;
+    allocated = (d.model ? d.model->allocated() : d.bytes[0].current) - (delta < 0 ? static_cast<int64_t>(counted) : 0);
+    reserved = d.model ? d.model->reserved() : allocated;
+  }
   if (host_memory) c10::reportMemoryUsageToProfiler(ptr, -delta, 0, 0, c10::Device(c10::DeviceType::CPU));
-  c10::reportMemoryUsageToProfiler(ptr, delta, in_use, in_use, c10::Device(type_, device));
+  c10::reportMemoryUsageToProfiler(ptr, delta, static_cast<size_t>(std::max<int64_t>(allocated, 0)),
+                                   static_cast<size_t>(std::max<int64_t>(reserved, 0)), c10::Device(type_, device));
 }
 
 std::optional<EmulatedAllocator::Block> EmulatedAllocator::block_of(const c10::DataPtr& data) {
@@ -308,7 +402,7 @@ TORCHDEVICE_HOT c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, 
     return c10::DataPtr(nullptr, dev);
   }
   // Counting can fail (memory fraction); the host memory is then freed with host_data.
-  record_alloc(device, nbytes);
+  record_alloc(device, nbytes, data);
   if (C10_UNLIKELY(observed())) notify(data, static_cast<int64_t>(nbytes), device, host_data.device().is_cpu());
   if (void* tagged = tag_context(host_data, nbytes)) {
     host_data.release_context();
@@ -319,9 +413,36 @@ TORCHDEVICE_HOT c10::DataPtr EmulatedAllocator::adopt(c10::DataPtr&& host_data, 
   return c10::DataPtr(data, block, &free_adopted, dev);
 }
 
+void EmulatedAllocator::refuse_beyond_limit(c10::DeviceIndex device, size_t nbytes) {
+  auto& d = device_state(device);
+  d.mutex.lock();
+  const size_t segment = CachingModel::segment_size(CachingModel::round_size(nbytes));
+  if (static_cast<double>(segment) > static_cast<double>(d.limit)) throw_out_of_memory(d, device, segment);
+  d.mutex.unlock();
+}
+
+void EmulatedAllocator::emptyCache(c10::MempoolId_t /*mempool_id*/) {
+  if (!models_caching_) return;  // nothing is cached
+  for (auto& d : devices_) {
+    std::lock_guard<StatLock> lock(d.mutex);
+    d.model->release_cached();
+  }
+}
+
+std::vector<CachingModel::SegmentInfo> EmulatedAllocator::modelled_segments(c10::DeviceIndex device) {
+  auto& d = device_state(device);
+  std::lock_guard<StatLock> lock(d.mutex);
+  return d.model ? d.model->segments() : std::vector<CachingModel::SegmentInfo>{};
+}
+
 c10::CachingDeviceAllocator::DeviceStats EmulatedAllocator::getDeviceStats(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<StatLock> lock(d.mutex);
+  if (d.model) {
+    auto s = d.model->stats();
+    s.num_ooms = d.num_ooms;
+    return s;
+  }
   c10::CachingDeviceAllocator::DeviceStats s;
   s.allocation = s.segment = s.active = d.blocks;
   s.allocated_bytes = s.reserved_bytes = s.active_bytes = s.requested_bytes = d.bytes;
@@ -337,6 +458,13 @@ void EmulatedAllocator::resetAccumulatedStats(c10::DeviceIndex device) {
   for (auto* stats : {&d.blocks, &d.bytes}) {
     for (auto& stat : *stats) stat.reset_accumulated();
   }
+  if (d.model) {
+    auto& s = d.model->mutable_stats();
+    for (auto* stats : model_stat_arrays(s)) {
+      for (auto& stat : *stats) stat.reset_accumulated();
+    }
+    s.num_alloc_retries = s.num_device_alloc = s.num_device_free = 0;
+  }
   d.num_ooms = 0;
   d.num_device_alloc = 0;
   d.num_device_free = 0;
@@ -348,12 +476,18 @@ void EmulatedAllocator::resetPeakStats(c10::DeviceIndex device) {
   for (auto* stats : {&d.blocks, &d.bytes}) {
     for (auto& stat : *stats) stat.reset_peak();
   }
+  if (d.model) {
+    for (auto* stats : model_stat_arrays(d.model->mutable_stats())) {
+      for (auto& stat : *stats) stat.reset_peak();
+    }
+  }
 }
 
 std::pair<size_t, size_t> EmulatedAllocator::getMemoryInfo(c10::DeviceIndex device) {
   auto& d = device_state(device);
   std::lock_guard<StatLock> lock(d.mutex);
-  return {free_bytes(static_cast<size_t>(d.bytes[0].current)), total_memory_};
+  const int64_t in_use = d.model ? d.model->reserved() : d.bytes[0].current;
+  return {free_bytes(static_cast<size_t>(in_use)), total_memory_};
 }
 
 size_t EmulatedAllocator::free_bytes(size_t in_use) const {

@@ -2,9 +2,7 @@
 // runner it serves host blocks itself; on a device runner it wraps that runner's allocator.
 #pragma once
 
-#include <functional>
-#include <optional>
-
+#include "runtime/caching_model.h"
 #include "runtime/stat_lock.h"
 
 #include <c10/core/CachingDeviceAllocator.h>
@@ -12,7 +10,11 @@
 
 #include <array>
 #include <atomic>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <vector>
 
 namespace torchdevice {
 
@@ -32,7 +34,7 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   c10::DataPtr adopt(c10::DataPtr&& host_data, size_t nbytes, c10::DeviceIndex device);
 
   bool initialized() override { return true; }
-  void emptyCache(c10::MempoolId_t /*mempool_id*/) override {}  // nothing is cached
+  void emptyCache(c10::MempoolId_t mempool_id) override;  // only the caching model caches
   void recordStream(const c10::DataPtr& /*ptr*/, c10::Stream /*stream*/) override {}
   c10::CachingDeviceAllocator::DeviceStats getDeviceStats(c10::DeviceIndex device) override;
   void resetAccumulatedStats(c10::DeviceIndex device) override;
@@ -48,8 +50,13 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
 
   c10::DeviceType type() const { return type_; }
 
-  // Bookkeeping entry points for the deleters.
-  void record_free(c10::DeviceIndex device, size_t nbytes);
+  // Bookkeeping entry point for the deleters: `nbytes` at `address` are freed on `device`.
+  void record_free(c10::DeviceIndex device, size_t nbytes, const void* address);
+
+  // CUDA's caching allocator modelled for the counts (runtime/caching_model.h): on when
+  // TORCHDEVICE_CUDA_CACHING=1 for emulated cuda. Its segments, for memory snapshots.
+  bool models_caching() const { return models_caching_; }
+  std::vector<CachingModel::SegmentInfo> modelled_segments(c10::DeviceIndex device);
 
   // Observers of allocations and frees, off by default (then one relaxed load per allocation
   // and per free): torch.profiler's memory reporting (profile_memory=True, as CUDA's allocator
@@ -58,8 +65,9 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
   static void set_profiler_reporting(bool on);
   static void set_history_observer(HistoryObserver observer);  // an empty one: off
   static bool observed();
-  // `delta` bytes at `ptr` were allocated (> 0) or freed (< 0) on `device`; `host_memory`: a
-  // block a CPU kernel allocated (CPU's allocator reported it to the profiler as CPU memory).
+  // `delta` bytes at `ptr` were allocated (> 0, called after counting) or are being freed (< 0,
+  // called before) on `device`; `host_memory`: a block a CPU kernel allocated (CPU's allocator
+  // reported it to the profiler as CPU memory).
   void notify(void* ptr, int64_t delta, c10::DeviceIndex device, bool host_memory);
 
   // The emulated block behind `data` (a storage's DataPtr): its address (what the observers
@@ -78,11 +86,13 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
  private:
   // Nothing is cached, so every block is one allocation, one segment and one active block,
   // and its allocated, reserved, active and requested bytes are equal: one count and one byte
-  // figure per pool (aggregate, small, large) carry all of CUDA's stat families.
+  // figure per pool (aggregate, small, large) carry all of CUDA's stat families. With the
+  // caching model, the model keeps CUDA's figures instead.
   struct PerDevice {
     StatLock mutex;
     c10::CachingAllocator::StatArray blocks;
     c10::CachingAllocator::StatArray bytes;
+    std::unique_ptr<CachingModel> model;
     int64_t num_device_alloc = 0;
     int64_t num_device_free = 0;
     int64_t num_ooms = 0;
@@ -90,13 +100,19 @@ class EmulatedAllocator final : public c10::DeviceAllocator {
     int64_t limit = INT64_MAX;  // fraction * total memory (CUDA: at most total - context), in bytes
   };
   PerDevice& device_state(c10::DeviceIndex device);
-  void record_alloc(c10::DeviceIndex device, size_t nbytes);
+  // Counts `nbytes` at `address` on `device`; raises CUDA's out-of-memory error past the limit.
+  void record_alloc(c10::DeviceIndex device, size_t nbytes, const void* address);
+  void record_modelled_alloc(PerDevice& d, c10::DeviceIndex device, size_t nbytes, const void* address);
+  void refuse_beyond_limit(c10::DeviceIndex device, size_t nbytes);  // the model's early OOM
   void update_limit(PerDevice& d);  // with d.mutex held
   size_t context_bytes() const;       // what the CUDA context would hold of total_memory
   size_t free_bytes(size_t in_use) const;  // cudaMemGetInfo's free: total - context - in use
-  [[noreturn]] void throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t nbytes);
+  // With d.mutex held (released here). `tried`: what the message says was tried (CUDA names
+  // the segment it could not get).
+  [[noreturn]] void throw_out_of_memory(PerDevice& d, c10::DeviceIndex device, size_t tried);
 
   c10::DeviceType type_;
+  bool models_caching_;
   size_t total_memory_;
   std::array<PerDevice, kMaxDevices> devices_;
 };

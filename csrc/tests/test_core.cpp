@@ -3,6 +3,7 @@
 #include "activate.h"
 #include "dispatch/standin.h"
 #include "runtime/allocator.h"
+#include "runtime/caching_model.h"
 #include "runtime/device.h"
 #include "runtime/runner.h"
 #include "runtime/stat_lock.h"
@@ -183,6 +184,27 @@ void test_allocator_counters_from_threads() {
 
 } // namespace
 
+// Freed neighbours merge back into one unsplit segment, which empty_cache then releases.
+void test_caching_model_merges_and_releases() {
+  torchdevice::CachingModel model;
+  int a, b, c;  // the real blocks' addresses are only keys
+  const int64_t unlimited = INT64_MAX;
+  EXPECT(model.allocate(&a, 100, unlimited) && model.allocate(&b, 600, unlimited) && model.allocate(&c, 512, unlimited));
+  const auto& s = model.stats();
+  EXPECT(model.allocated() == 512 + 1024 + 512 && model.reserved() == (2 << 20));
+  model.free(&b);  // a hole between a and c
+  EXPECT(s.inactive_split[0].current == 2 && s.inactive_split_bytes[0].current == (2 << 20) - 1024);
+  model.free(&a);  // merges with the hole
+  EXPECT(s.inactive_split[0].current == 2 && model.segments()[0].blocks.size() == 3);
+  model.free(&c);  // everything merges: one free block, the whole segment
+  EXPECT(s.inactive_split[0].current == 0 && model.segments()[0].blocks.size() == 1);
+  EXPECT(model.allocated() == 0 && model.reserved() == (2 << 20));
+  model.release_cached();
+  EXPECT(model.reserved() == 0 && model.segments().empty() && s.num_device_free == 1);
+  // Past the limit even after releasing the cache: refused, after one retry.
+  EXPECT(!model.allocate(&a, 30 << 20, 16 << 20) && s.num_alloc_retries == 1 && model.reserved() == 0);
+}
+
 int main() {
   torchdevice::activate(kCUDA, 2);
   const std::vector<std::pair<std::string, std::function<void()>>> tests = {
@@ -195,6 +217,7 @@ int main() {
       {"standins_follow_the_runner", test_standins_follow_the_runner},
       {"stat_lock_excludes", test_stat_lock_excludes},
       {"allocator_counters_from_threads", test_allocator_counters_from_threads},
+      {"caching_model_merges_and_releases", test_caching_model_merges_and_releases},
   };
   int failed_tests = 0;
   for (const auto& [name, fn] : tests) {

@@ -214,9 +214,14 @@ def test_memory_summary_formats_the_stats():
 
 
 def test_memory_snapshot_shapes():
-    assert torch.cuda.memory_snapshot() == []
+    torch.cuda.memory._record_memory_history(enabled=None)
+    kept = torch.empty(10, device="cuda")
     snapshot = torch.cuda.memory._snapshot()
-    assert snapshot["segments"] == []
+    assert torch.cuda.memory_snapshot() == snapshot["segments"]
+    assert kept.data_ptr() in {s["address"] for s in snapshot["segments"]}
+    keys = {"device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream",
+            "segment_type", "segment_pool_id", "is_expandable", "frames", "blocks"}
+    assert all(keys <= set(s) for s in snapshot["segments"])
     assert snapshot["device_traces"] == [[] for _ in range(torch.cuda.device_count())]
     torch.cuda.memory._record_memory_history(enabled="all")
     torch.cuda.memory._record_memory_history(enabled=None)

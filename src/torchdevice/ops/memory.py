@@ -4,7 +4,9 @@ torch's own ``torch.cuda.memory`` functions stay in charge (their argument check
 ``OrderedDict`` of ``memory_stats``, ``memory_summary``'s table); this module supplies the
 ``torch._C._cuda_*`` bindings they call, reading the C++ allocator that backs every emulated
 cuda tensor. The allocator caches nothing, so reserved bytes equal allocated bytes and
-``empty_cache`` has nothing to release: both are the true state, not an approximation.
+``empty_cache`` has nothing to release: both are the true state, not an approximation. With
+``TORCHDEVICE_CUDA_CACHING=1`` the counts are those CUDA's caching allocator would have
+(csrc/runtime/caching_model.h), and ``empty_cache`` releases the modelled cached segments.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ def apply_patches() -> None:
 
     @patch(C, "_cuda_emptyCache", owner=OWNER)
     def _cuda_emptyCache() -> None:
-        # Freed blocks go straight back to the host: there is no cache to release.
-        return None
+        # Freed blocks go straight back to the host; the caching model releases its segments.
+        _C.empty_cache(_TYPE)
 
     @patch(C, "_cuda_setMemoryFraction", owner=OWNER)
     def _cuda_setMemoryFraction(fraction: float, device: int) -> None:

@@ -9,7 +9,9 @@ format, which ``torch.cuda._memory_viz`` and https://pytorch.org/memory_viz rend
 
 The emulated allocator caches nothing, so each block is its own segment (what CUDA reports with
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``): reserved equals allocated, and a segment is freed with its
-block. Off, the allocator pays one relaxed load per allocation and keeps no list of its blocks, so
+block (with ``TORCHDEVICE_CUDA_CACHING=1``, the segments are those CUDA's caching allocator would
+hold: csrc/runtime/caching_model.h). Off, the allocator pays one relaxed load per allocation and
+keeps no list of its blocks, so
 a snapshot finds the blocks allocated before recording (or without it) through the tensors that
 hold them (``gc``): listed without frames, as CUDA lists them; memory only C++ holds (the saved
 tensors of a graph not yet run backward) is missed there.
@@ -36,6 +38,11 @@ _ACTIONS_ALLOC = ("segment_alloc", "alloc")
 _ACTIONS_FREE = ("free_requested", "free_completed", "segment_free")
 
 
+def _rounded(nbytes: int) -> int:
+    """CUDA's caching allocator rounds every block up to a multiple of 512 bytes."""
+    return max(512, (nbytes + 511) // 512 * 512)
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -47,6 +54,10 @@ class _Recorder:
         self.blocks: dict[tuple[int, int], tuple[int, Any]] = {}  # (device, addr) -> (size, traceback)
         self.traces: dict[int, collections.deque] = collections.defaultdict(collections.deque)
         self.in_observer = threading.local()
+        # The caching model: blocks have CUDA's rounded sizes, and segments are the model's
+        # (no segment_alloc/segment_free per block in the trace).
+        self.rounded = 0
+
 
     def _traceback(self) -> Any:
         cpp = self.stacks == "all"
@@ -59,6 +70,8 @@ class _Recorder:
         try:
             wants_stack = self.context in ("all", "alloc") if allocated else self.context in ("all",)
             traceback = self._traceback() if wants_stack else None
+            if self.rounded:
+                size = _rounded(size)
             with self.lock:
                 if allocated:
                     self.blocks[(device, addr)] = (size, traceback if self.context in ("all", "alloc", "state") else None)
@@ -67,7 +80,10 @@ class _Recorder:
                 if self.enabled == "all":
                     trace = self.traces[device]
                     now_us = time.time_ns() // 1000
-                    for action in _ACTIONS_ALLOC if allocated else _ACTIONS_FREE:
+                    actions = _ACTIONS_ALLOC if allocated else _ACTIONS_FREE
+                    if self.rounded:
+                        actions = tuple(a for a in actions if not a.startswith("segment_"))
+                    for action in actions:
                         if action not in self.skip_actions:
                             trace.append((action, addr, size, now_us, traceback))
                     while len(trace) > self.max_entries:
@@ -95,6 +111,7 @@ def record_memory_history(enabled: Any = "all", context: Any = "all", stacks: st
     if stacks not in ("python", "all"):
         raise ValueError(f"expected stacks to be 'python' or 'all', got {stacks!r}")
     with _recorder.lock:
+        _recorder.rounded = int(_C.models_caching(_TYPE))
         if clear_history or enabled is None:
             _recorder.traces.clear()
         _recorder.enabled, _recorder.context, _recorder.stacks = enabled, context, stacks
@@ -130,15 +147,29 @@ def _live_blocks() -> dict[tuple[int, int], tuple[int, Any]]:
     return {(device, addr): (size, None) for device, addr, size in _C.emulated_blocks(tensors)}
 
 
-def memory_snapshot(args: Any = None) -> dict[str, Any]:
-    """``torch._C._cuda_memorySnapshot``: segments with their blocks, and the event traces."""
-    include_traces = not (isinstance(args, tuple) and len(args) >= 3 and not args[2])
-    live = _live_blocks()
-    with _recorder.lock:
-        # Blocks allocated while recording keep their stacks; the others come from their tensors.
-        blocks = sorted({**live, **_recorder.blocks}.items())
-        traces = {d: list(t) for d, t in _recorder.traces.items()} if include_traces else {}
-    frames = _frames([tb for _, (_, tb) in blocks] + [e[4] for t in traces.values() for e in t])
+def _modelled_segments(blocks: dict[tuple[int, int], tuple[int, Any]], frames: dict[int, list[dict]]) -> list[dict]:
+    """The caching model's segments, with the recorded stacks of their allocated blocks."""
+    segments = []
+    for device in range(_C.device_count(_TYPE)):
+        for address, total, small, model_blocks in _C.modelled_segments(_TYPE, device):
+            entries = []
+            for block_address, size, requested, allocated, _ in model_blocks:
+                _, tb = blocks.get((device, block_address), (0, None)) if allocated else (0, None)
+                entries.append({"address": block_address, "size": size, "requested_size": requested,
+                                "state": "active_allocated" if allocated else "inactive",
+                                "frames": frames.get(id(tb), [])})
+            allocated_size = sum(b["size"] for b in entries if b["state"] == "active_allocated")
+            segments.append({
+                "device": device, "address": address, "total_size": total, "allocated_size": allocated_size,
+                "active_size": allocated_size, "requested_size": sum(b["requested_size"] for b in entries),
+                "stream": 0, "segment_type": "small" if small else "large", "segment_pool_id": (0, 0),
+                "is_expandable": False, "frames": entries[0]["frames"], "blocks": entries,
+            })
+    return segments
+
+
+def _block_segments(blocks: list, frames: dict[int, list[dict]]) -> list[dict]:
+    """Without caching, each block is a segment of its own."""
     segments = []
     for (device, addr), (size, tb) in blocks:
         stack = frames.get(id(tb), [])
@@ -150,6 +181,20 @@ def memory_snapshot(args: Any = None) -> dict[str, Any]:
             "blocks": [{"address": addr, "size": size, "requested_size": size, "state": "active_allocated",
                         "frames": stack}],
         })
+    return segments
+
+
+def memory_snapshot(args: Any = None) -> dict[str, Any]:
+    """``torch._C._cuda_memorySnapshot``: segments with their blocks, and the event traces."""
+    include_traces = not (isinstance(args, tuple) and len(args) >= 3 and not args[2])
+    modelled = _C.models_caching(_TYPE)
+    live = {} if modelled else _live_blocks()  # the model knows every block
+    with _recorder.lock:
+        # Blocks allocated while recording keep their stacks; the others come from their tensors.
+        blocks = sorted({**live, **_recorder.blocks}.items())
+        traces = {d: list(t) for d, t in _recorder.traces.items()} if include_traces else {}
+    frames = _frames([tb for _, (_, tb) in blocks] + [e[4] for t in traces.values() for e in t])
+    segments = _modelled_segments(dict(blocks), frames) if modelled else _block_segments(blocks, frames)
     count = _C.device_count(_TYPE)
     device_traces = [[] for _ in range(count)]
     for device, events in traces.items():
