@@ -172,19 +172,19 @@ void CachingModel::free(const void* key) {
   block->requested = 0;
   block->key = nullptr;
   // Merge with free neighbours: the earlier block absorbs the later one.
+  auto absorb = [](Block* earlier, Block* later) {
+    earlier->size += later->size;
+    earlier->next = later->next;
+    if (later->next) later->next->prev = earlier;
+    delete later;
+  };
   if (Block* next = block->next; next != nullptr && !next->allocated) {
     remove_free(next);
-    block->size += next->size;
-    block->next = next->next;
-    if (next->next) next->next->prev = block;
-    delete next;
+    absorb(block, next);
   }
   if (Block* prev = block->prev; prev != nullptr && !prev->allocated) {
     remove_free(prev);
-    prev->size += block->size;
-    prev->next = block->next;
-    if (block->next) block->next->prev = prev;
-    delete block;
+    absorb(prev, block);
     block = prev;
   }
   insert_free(block);
