@@ -60,7 +60,8 @@ def test_events_carry_the_users_file_and_line(recording):
     actions = {e["action"] for e in trace}
     assert {"alloc", "free_requested", "free_completed", "segment_alloc", "segment_free"} <= actions
     allocs = [e for e in trace if e["action"] == "alloc"]
-    assert any(f["filename"] == __file__ and f["name"] == "_train_step" for e in allocs for f in e["frames"])
+    assert any(f["filename"] == __file__ and f["name"] == "_train_step" and f["line"] > 0
+               for e in allocs for f in e["frames"])
     frees = [e for e in trace if e["action"] == "free_completed"]
     assert frees and all(e["size"] > 0 for e in frees)
     # Every block allocated and freed while recording is gone from the snapshot's segments.

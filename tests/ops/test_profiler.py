@@ -137,9 +137,14 @@ def test_no_warning_is_printed(tmp_path):
         """
         import sys, torchdevice, torch
         from torch.profiler import profile, ProfilerActivity
-        x = torch.randn(8, 8, device="cuda", requires_grad=True)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            (x @ x).sum().backward()
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).cuda()
+        optimizer = torch.optim.AdamW(model.parameters())
+        x, target = torch.randn(32, 64, device="cuda"), torch.randint(0, 8, (32,), device="cuda")
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], profile_memory=True) as p:
+            for _ in range(2):
+                torch.nn.functional.cross_entropy(model(x), target).backward()
+                optimizer.step()
+                optimizer.zero_grad()
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=2))
         p.export_chrome_trace(sys.argv[1])
         """
