@@ -198,14 +198,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cache", [](const std::string& type) { torchdevice::allocator_for(parse_type(type)).emptyCache({0, 0}); });
   m.def("models_caching", [](const std::string& type) { return torchdevice::allocator_for(parse_type(type)).models_caching(); },
         "Whether the counts follow CUDA's caching allocator (TORCHDEVICE_CUDA_CACHING=1).");
-  // The caching model's segments: (address, size, is_small, [(address, size, requested,
-  // allocated, address of the real block or 0)]).
+  // The caching model's segments: (address, size, is_small, [(address, size, requested, allocated)]).
   m.def("modelled_segments", [](const std::string& type, c10::DeviceIndex device) {
     py::list out;
     for (const auto& segment : torchdevice::allocator_for(parse_type(type)).modelled_segments(device)) {
       py::list blocks;
       for (const auto& b : segment.blocks) {
-        blocks.append(py::make_tuple(b.address, b.size, b.requested, b.allocated, reinterpret_cast<uintptr_t>(b.key)));
+        blocks.append(py::make_tuple(b.address, b.size, b.requested, b.allocated));
       }
       out.append(py::make_tuple(segment.address, segment.size, segment.small, blocks));
     }

@@ -338,6 +338,7 @@ void EmulatedAllocator::notify(void* ptr, int64_t delta, c10::DeviceIndex device
   const uint8_t observers = g_observers.load(std::memory_order_acquire);
   auto& d = devices_[static_cast<size_t>(device)];
   const auto nbytes = static_cast<size_t>(delta > 0 ? delta : -delta);
+  const size_t counted = d.model ? CachingModel::round_size(nbytes) : nbytes;  // the block's size
   if (observers & kHistoryBit) {
     if (auto observer = std::atomic_load(&g_history_observer)) {
       void* address = ptr;
@@ -345,14 +346,13 @@ void EmulatedAllocator::notify(void* ptr, int64_t delta, c10::DeviceIndex device
         std::lock_guard<StatLock> lock(d.mutex);
         address = reinterpret_cast<void*>(d.model->address_of(ptr));
       }
-      (*observer)(delta > 0, address, nbytes, device);
+      (*observer)(delta > 0, address, counted, device);
     }
   }
   if (!(observers & kProfilerBit)) return;
   int64_t allocated = 0, reserved = 0;
   {
     std::lock_guard<StatLock> lock(d.mutex);
-    const size_t counted = d.model ? CachingModel::round_size(nbytes) : nbytes;
     allocated = (d.model ? d.model->allocated() : d.bytes[0].current) - (delta < 0 ? static_cast<int64_t>(counted) : 0);
     reserved = d.model ? d.model->reserved() : allocated;
   }

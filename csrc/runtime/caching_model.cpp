@@ -202,7 +202,7 @@ std::vector<CachingModel::SegmentInfo> CachingModel::segments() const {
     SegmentInfo segment{head->address, 0, head->small, {}};
     for (const Block* b = head; b != nullptr; b = b->next) {
       segment.size += b->size;
-      segment.blocks.push_back({b->address, b->size, b->requested, b->allocated, b->key});
+      segment.blocks.push_back({b->address, b->size, b->requested, b->allocated});
     }
     out.push_back(std::move(segment));
   }

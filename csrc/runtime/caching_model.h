@@ -23,7 +23,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -60,7 +59,6 @@ class CachingModel {
     size_t size;
     size_t requested;
     bool allocated;
-    const void* key;  // the real block's address, when allocated
   };
   struct SegmentInfo {
     uintptr_t address;

@@ -11,10 +11,9 @@ The emulated allocator caches nothing, so each block is its own segment (what CU
 ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``): reserved equals allocated, and a segment is freed with its
 block (with ``TORCHDEVICE_CUDA_CACHING=1``, the segments are those CUDA's caching allocator would
 hold: csrc/runtime/caching_model.h). Off, the allocator pays one relaxed load per allocation and
-keeps no list of its blocks, so
-a snapshot finds the blocks allocated before recording (or without it) through the tensors that
-hold them (``gc``): listed without frames, as CUDA lists them; memory only C++ holds (the saved
-tensors of a graph not yet run backward) is missed there.
+keeps no list of its blocks, so a snapshot finds the blocks allocated before recording (or
+without it) through the tensors that hold them (``gc``): listed without frames, as CUDA lists
+them; memory only C++ holds (the saved tensors of a graph not yet run backward) is missed there.
 """
 
 from __future__ import annotations
@@ -38,11 +37,6 @@ _ACTIONS_ALLOC = ("segment_alloc", "alloc")
 _ACTIONS_FREE = ("free_requested", "free_completed", "segment_free")
 
 
-def _rounded(nbytes: int) -> int:
-    """CUDA's caching allocator rounds every block up to a multiple of 512 bytes."""
-    return max(512, (nbytes + 511) // 512 * 512)
-
-
 class _Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -54,9 +48,9 @@ class _Recorder:
         self.blocks: dict[tuple[int, int], tuple[int, Any]] = {}  # (device, addr) -> (size, traceback)
         self.traces: dict[int, collections.deque] = collections.defaultdict(collections.deque)
         self.in_observer = threading.local()
-        # The caching model: blocks have CUDA's rounded sizes, and segments are the model's
-        # (no segment_alloc/segment_free per block in the trace).
-        self.rounded = 0
+        # The caching model: segments are the model's, so the trace has no segment_alloc or
+        # segment_free per block (the allocator reports the model's block addresses and sizes).
+        self.modelled = False
 
 
     def _traceback(self) -> Any:
@@ -70,8 +64,6 @@ class _Recorder:
         try:
             wants_stack = self.context in ("all", "alloc") if allocated else self.context in ("all",)
             traceback = self._traceback() if wants_stack else None
-            if self.rounded:
-                size = _rounded(size)
             with self.lock:
                 if allocated:
                     self.blocks[(device, addr)] = (size, traceback if self.context in ("all", "alloc", "state") else None)
@@ -81,7 +73,7 @@ class _Recorder:
                     trace = self.traces[device]
                     now_us = time.time_ns() // 1000
                     actions = _ACTIONS_ALLOC if allocated else _ACTIONS_FREE
-                    if self.rounded:
+                    if self.modelled:
                         actions = tuple(a for a in actions if not a.startswith("segment_"))
                     for action in actions:
                         if action not in self.skip_actions:
@@ -111,7 +103,7 @@ def record_memory_history(enabled: Any = "all", context: Any = "all", stacks: st
     if stacks not in ("python", "all"):
         raise ValueError(f"expected stacks to be 'python' or 'all', got {stacks!r}")
     with _recorder.lock:
-        _recorder.rounded = int(_C.models_caching(_TYPE))
+        _recorder.modelled = _C.models_caching(_TYPE)
         if clear_history or enabled is None:
             _recorder.traces.clear()
         _recorder.enabled, _recorder.context, _recorder.stacks = enabled, context, stacks
@@ -153,7 +145,7 @@ def _modelled_segments(blocks: dict[tuple[int, int], tuple[int, Any]], frames: d
     for device in range(_C.device_count(_TYPE)):
         for address, total, small, model_blocks in _C.modelled_segments(_TYPE, device):
             entries = []
-            for block_address, size, requested, allocated, _ in model_blocks:
+            for block_address, size, requested, allocated in model_blocks:
                 _, tb = blocks.get((device, block_address), (0, None)) if allocated else (0, None)
                 entries.append({"address": block_address, "size": size, "requested_size": requested,
                                 "state": "active_allocated" if allocated else "inactive",
