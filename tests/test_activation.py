@@ -106,6 +106,29 @@ def test_bad_backend_in_environment_is_one_line_and_the_program_runs(run_code):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TORCHDEVICE_TOTAL_MEMORY", "banana", "TORCHDEVICE_TOTAL_MEMORY='banana' is not a memory size: give bytes"),
+        ("TORCHDEVICE_TOTAL_MEMORY", "inf", "TORCHDEVICE_TOTAL_MEMORY='inf' is not a memory size: give bytes"),
+        ("TORCHDEVICE_TOTAL_MEMORY", "0.1", "TORCHDEVICE_TOTAL_MEMORY='0.1' is less than 1 byte: give bytes"),
+        ("TORCHDEVICE_TOTAL_MEMORY", "18446744073709551616",
+         "TORCHDEVICE_TOTAL_MEMORY='18446744073709551616' is more than 2^64-1 bytes: give bytes"),
+        ("TORCHDEVICE_CUDA_CACHING", "2", "TORCHDEVICE_CUDA_CACHING='2' is not valid: 1 models"),
+        ("TORCHDEVICE_LOG_LEVEL", "LOUD", "TORCHDEVICE_LOG_LEVEL='LOUD' is not valid; choose one of: DEBUG, INFO"),
+    ],
+)
+def test_every_bad_variable_is_one_line_and_the_program_runs(run_code, name, value, message):
+    """Checked with the backend, before torch loads: not a traceback from the native core later."""
+    proc = run_code("import torch; print('still runs', torch.cuda.is_available())",
+                    env={"TORCH_DEVICE_BACKEND": "cpu", name: value})
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == "still runs False\n"
+    assert proc.stderr.startswith(f"torchdevice: error: {message}"), describe(proc)
+    assert proc.stderr.endswith(" (torchdevice is not active in this process)\n")
+    assert proc.stderr.count("\n") == 1, describe(proc)
+
+
 def test_explicit_import_in_the_script_is_harmless(tmp_path, run_python):
     script = write(tmp_path / "both.py", "import torchdevice\n" + PLAIN_SCRIPT)
     proc = run_python([str(script)], env={"TORCH_DEVICE_BACKEND": "cpu"})

@@ -355,6 +355,25 @@ def test_bad_log_level_in_environment_is_one_line(tmp_path, run_cli):
     assert proc.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TORCHDEVICE_TOTAL_MEMORY", "banana", "TORCHDEVICE_TOTAL_MEMORY='banana' is not a memory size: give bytes"),
+        ("TORCHDEVICE_TOTAL_MEMORY", "1e30", "TORCHDEVICE_TOTAL_MEMORY='1e30' is not a memory size: give bytes"),
+        ("TORCHDEVICE_TOTAL_MEMORY", "0", "TORCHDEVICE_TOTAL_MEMORY='0' is less than 1 byte: give bytes"),
+        ("TORCHDEVICE_CUDA_CACHING", "2", "TORCHDEVICE_CUDA_CACHING='2' is not valid: 1 models"),
+        ("TORCHDEVICE_CAPABILITY", "eight", "TORCHDEVICE_CAPABILITY='eight' is not of the form MAJOR.MINOR"),
+    ],
+)
+def test_every_bad_variable_in_environment_is_one_line(tmp_path, run_cli, name, value, message):
+    write(tmp_path / "report.py", REPORT_SCRIPT)
+    proc = run_cli(["run", "report.py"], cwd=tmp_path, env={"TORCH_DEVICE_BACKEND": "cpu", name: value})
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.startswith(f"torchdevice run: error: {message}"), describe(proc)
+    assert proc.stderr.count("\n") == 1, describe(proc)
+    assert proc.stdout == ""
+
+
 # A sitecustomize that makes a restart (os.execv) or an import of torch fail loudly.
 GUARDS = """\
 import os, sys

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <pthread.h>
 #include <string>
 #include <unistd.h>
@@ -128,28 +129,63 @@ size_t pool_of(size_t nbytes) {
 }
 
 // TORCHDEVICE_TOTAL_MEMORY: bytes, or a number with a binary unit ("24GB", "24GiB", "24G",
-// "512MB"): GPUs are sold by binary sizes, and CUDA reports them so.
+// "512MB", "0.5 TB"): GPUs are sold by binary sizes, and CUDA reports them so. The grammar and the
+// messages are those of parse_memory_size in torchdevice/core/device.py, which checks the value
+// before torch loads: digits, at most 9 fraction digits (so the bytes are computed exactly, in
+// integers), optional spaces, a unit; at least 1 byte and at most what size_t holds.
 size_t parse_memory_size(const std::string& text) {
-  size_t end = 0;
-  double number = -1;
-  try {
-    number = std::stod(text, &end);
-  } catch (const std::exception&) {
-    end = 0;
+  static const char* const kForms =
+      ": give bytes (25769803776) or a positive number with a unit of B, KB, MB, GB or TB "
+      "(binary: 1 GB = 1024^3 bytes), e.g. 24GB";
+  const auto refuse = [&](const char* why) {
+    TORCH_CHECK(false, "TORCHDEVICE_TOTAL_MEMORY='", text, "' ", why, kForms);
+  };
+  const auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  size_t begin = 0, end = text.size();
+  while (begin < end && is_space(text[begin])) ++begin;
+  while (end > begin && is_space(text[end - 1])) --end;
+
+  using Wide = unsigned __int128;
+  constexpr size_t kMaxIntegerDigits = 21;  // more is above 2^64 whatever the unit (leading zeros aside)
+  size_t i = begin;
+  Wide integer = 0;
+  size_t significant = 0;
+  for (; i < end && is_digit(text[i]); ++i) {
+    if (integer != 0 || text[i] != '0') ++significant;
+    if (significant <= kMaxIntegerDigits) integer = integer * 10 + (text[i] - '0');
   }
-  std::string unit = text.substr(end);
-  unit.erase(std::remove(unit.begin(), unit.end(), ' '), unit.end());
-  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::toupper(c); });
-  if (unit.size() == 3 && unit.substr(1) == "IB") unit = unit.substr(0, 1);
-  if (unit.size() == 2 && unit[1] == 'B') unit = unit.substr(0, 1);
-  static const std::pair<const char*, double> kUnits[] = {
-      {"", 1.0}, {"B", 1.0}, {"K", 1024.0}, {"M", 1024.0 * 1024}, {"G", 1024.0 * 1024 * 1024},
-      {"T", 1024.0 * 1024 * 1024 * 1024}};
-  for (const auto& [name, scale] : kUnits) {
-    if (end > 0 && number > 0 && unit == name) return static_cast<size_t>(number * scale);
+  const bool has_integer = i > begin;
+  Wide fraction = 0, fraction_scale = 1;
+  if (has_integer && i < end && text[i] == '.') {
+    const size_t first = ++i;
+    for (; i < end && is_digit(text[i]) && i - first < 9; ++i) {
+      fraction = fraction * 10 + (text[i] - '0');
+      fraction_scale *= 10;
+    }
+    if (i == first || (i < end && is_digit(text[i]))) refuse("is not a memory size");
   }
-  TORCH_CHECK(false, "TORCHDEVICE_TOTAL_MEMORY='", text, "' is not a memory size: give bytes (25769803776) or a "
-              "positive number with a unit of B, KB, MB, GB or TB (binary: 1 GB = 1024^3 bytes), e.g. 24GB");
+  while (i < end && text[i] == ' ') ++i;
+  std::string unit;
+  for (; i < end && std::isalpha(static_cast<unsigned char>(text[i])); ++i) {
+    unit += static_cast<char>(std::toupper(static_cast<unsigned char>(text[i])));
+  }
+  // "", "B", or K/M/G/T alone or followed by "B" or "IB" (case-insensitive): all binary.
+  int power = unit.empty() || unit == "B" ? 0 : -1;
+  const std::string rest = unit.empty() ? "" : unit.substr(1);
+  if (power < 0 && (rest.empty() || rest == "B" || rest == "IB")) {
+    const char* const prefixes = "KMGT";
+    for (int p = 0; p < 4; ++p) {
+      if (unit[0] == prefixes[p]) power = p + 1;
+    }
+  }
+  if (!has_integer || i != end || power < 0) refuse("is not a memory size");
+  if (significant > kMaxIntegerDigits) refuse("is more than 2^64-1 bytes");
+  const Wide scale = Wide(1) << (10 * power);
+  const Wide bytes = integer * scale + fraction * scale / fraction_scale;
+  if (bytes < 1) refuse("is less than 1 byte");
+  if (bytes > Wide(std::numeric_limits<size_t>::max())) refuse("is more than 2^64-1 bytes");
+  return static_cast<size_t>(bytes);
 }
 
 size_t default_total_memory() {

@@ -34,8 +34,8 @@ def activate() -> _device.Plan:
     if _active:
         return plan
     _startup.remove_import_hook()
+    plan = _startup.check_environment()
     _configure_logging()
-    plan = _device.plan()
     # Before torch exists, so torch picks our CUDA hooks from its own registry. Not on a CUDA build
     # of torch: there its real hooks register too, and the registry would print a warning about the
     # duplicate; the hooks object is taken over after import instead.

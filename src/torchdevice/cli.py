@@ -34,6 +34,7 @@ import torchdevice
 from torchdevice.core import callsite as _callsite
 from torchdevice.core import device as _device
 from torchdevice.core import logger as _logger
+from torchdevice.core import startup as _startup
 
 PROG = "torchdevice"
 BACKEND_ENV = "TORCH_DEVICE_BACKEND"
@@ -221,8 +222,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 def _activate(command: str, backend: str | None = None) -> int | None:
     """Activate torchdevice for this process; a usage status (and one line on stderr) if the environment is bad."""
     try:
+        # Fails here with one line (e.g. mps on Linux, a bad memory size), not deep in an import.
+        wanted = _startup.check_environment()
         _logger.configure_from_env()
-        wanted = _device.plan()  # fails here with one line (e.g. mps on Linux), not deep in an import
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

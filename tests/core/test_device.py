@@ -185,3 +185,126 @@ def test_no_visible_device_fails_like_cuda(run_code):
     )
     assert proc.returncode == 0, describe(proc)
     assert proc.stdout.strip() == "RuntimeError No CUDA GPUs are available"
+
+
+# ------------------------------------------ TORCHDEVICE_TOTAL_MEMORY, _CUDA_CACHING, _CAPABILITY
+
+
+@pytest.mark.parametrize(
+    ("text", "nbytes"),
+    [
+        ("25769803776", 25769803776),
+        ("24GB", 24 << 30),
+        ("24GiB", 24 << 30),
+        ("24g", 24 << 30),
+        ("512 MB", 512 << 20),
+        (" 0.5 TB ", 1 << 39),
+        ("1.5", 1),  # bytes are whole: the fraction of one is dropped
+        ("0.001KB", 1),
+        ("18446744073709551615", 2**64 - 1),
+        ("0000000000000000000000001", 1),
+    ],
+)
+def test_memory_size(text, nbytes):
+    assert device.parse_memory_size(text) == nbytes
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("banana", "is not a memory size"),
+        ("inf", "is not a memory size"),
+        ("nan", "is not a memory size"),
+        ("1e30", "is not a memory size"),
+        ("-1", "is not a memory size"),
+        ("24 PB", "is not a memory size"),
+        ("1.", "is not a memory size"),
+        ("1.1234567890", "is not a memory size"),  # at most 9 fraction digits: exact in integers
+        ("BB", "is not a memory size"),
+        ("0", "is less than 1 byte"),
+        ("0.1", "is less than 1 byte"),
+        ("18446744073709551616", "is more than 2^64-1 bytes"),
+        ("16777216TB", "is more than 2^64-1 bytes"),
+    ],
+)
+def test_bad_memory_size_names_the_value_and_the_valid_forms(text, problem):
+    with pytest.raises(ValueError) as info:
+        device.parse_memory_size(text)
+    assert str(info.value) == (
+        f"TORCHDEVICE_TOTAL_MEMORY={text!r} {problem}: give bytes (25769803776) or a positive number with a unit "
+        "of B, KB, MB, GB or TB (binary: 1 GB = 1024^3 bytes), e.g. 24GB"
+    )
+
+
+# Loads the extension without the torchdevice package, whose check would refuse a bad value
+# first: the native core's own parser reads the variable when the allocators are made.
+NATIVE_PARSE = """
+import importlib.machinery, importlib.util, os, sys
+import torch
+path = sys.argv[1]
+spec = importlib.util.spec_from_file_location("torchdevice._C", path, loader=importlib.machinery.ExtensionFileLoader("torchdevice._C", path))
+C = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(C)
+try:
+    print(C.total_memory("cuda"))
+except RuntimeError as exc:
+    print(str(exc).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("text", ["banana", "inf", "1e30", "0.1", "18446744073709551616", "0.5 KiB", "18446744073709551615"])
+def test_native_core_parses_memory_sizes_as_python_does(run_python, text):
+    import importlib.util
+
+    extension = importlib.util.find_spec("torchdevice._C").origin
+    proc = run_python(["-c", NATIVE_PARSE, extension], env={"TORCHDEVICE_TOTAL_MEMORY": text})
+    assert proc.returncode == 0, describe(proc)
+    try:
+        expected = str(device.parse_memory_size(text))
+    except ValueError as exc:
+        expected = str(exc)
+    assert proc.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, False), ("", False), ("0", False), ("1", True)])
+def test_cuda_caching_requested(monkeypatch, value, expected):
+    if value is not None:
+        monkeypatch.setenv("TORCHDEVICE_CUDA_CACHING", value)
+    assert device.cuda_caching_requested() is expected
+
+
+@pytest.mark.parametrize("value", ["2", "yes", " 1"])  # exactly as the allocator reads it
+def test_bad_cuda_caching(monkeypatch, value):
+    monkeypatch.setenv("TORCHDEVICE_CUDA_CACHING", value)
+    with pytest.raises(ValueError, match=f"TORCHDEVICE_CUDA_CACHING={value!r} is not valid: 1 models"):
+        device.cuda_caching_requested()
+
+
+def test_bad_capability(monkeypatch):
+    monkeypatch.setenv("TORCHDEVICE_CAPABILITY", "eight")
+    with pytest.raises(ValueError, match=r"TORCHDEVICE_CAPABILITY='eight' is not of the form MAJOR.MINOR"):
+        device.requested_capability()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TORCHDEVICE_TOTAL_MEMORY", "banana", "TORCHDEVICE_TOTAL_MEMORY='banana' is not a memory size"),
+        ("TORCHDEVICE_CUDA_CACHING", "2", "TORCHDEVICE_CUDA_CACHING='2' is not valid"),
+        ("TORCHDEVICE_LOG_LEVEL", "loud", "TORCHDEVICE_LOG_LEVEL='LOUD' is not valid"),
+        ("TORCHDEVICE_CAPABILITY", "eight", "TORCHDEVICE_CAPABILITY='eight' is not of the form"),
+    ],
+)
+def test_explicit_import_with_a_bad_variable_raises_value_error_before_torch(run_code, name, value, message):
+    proc = run_code(
+        """
+        import sys
+        try:
+            import torchdevice
+        except ValueError as exc:
+            print(type(exc).__name__, "torch" in sys.modules, exc)
+        """,
+        env={name: value},
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.startswith(f"ValueError False {message}"), describe(proc)

@@ -15,6 +15,7 @@ import glob
 import importlib.util
 import os
 import platform
+import re
 
 VALID_BACKENDS = ("auto", "cpu", "mps", "cuda")
 VALID_EMULATED = ("cuda", "mps")
@@ -116,6 +117,64 @@ def _parse_visible_devices(value: str, physical: int) -> list[int]:
             break
         seen.append(index)
     return seen
+
+
+TOTAL_MEMORY_ENV = "TORCHDEVICE_TOTAL_MEMORY"
+CUDA_CACHING_ENV = "TORCHDEVICE_CUDA_CACHING"
+CAPABILITY_ENV = "TORCHDEVICE_CAPABILITY"
+# Binary units: GPUs are sold by binary sizes, and CUDA reports them so. The same grammar as
+# parse_memory_size in csrc/runtime/allocator.cpp, which reads the variable again after torch loads
+# (a decimal number with at most 9 fraction digits, so both compute the bytes exactly).
+_MEMORY_UNITS = {"": 0, "B": 0}
+_MEMORY_UNITS.update({prefix + suffix: power for power, prefix in enumerate("KMGT", start=1) for suffix in ("", "B", "IB")})
+_MEMORY_SIZE = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))? *([A-Za-z]*)")
+_ASCII_SPACE = " \t\n\r\v\f"  # what C's isspace() strips, not all of Unicode's spaces
+_MAX_MEMORY_BYTES = 2**64 - 1  # size_t on the 64-bit platforms torchdevice builds for
+_MEMORY_SIZE_FORMS = ("give bytes (25769803776) or a positive number with a unit of B, KB, MB, GB or TB "
+                      "(binary: 1 GB = 1024^3 bytes), e.g. 24GB")
+
+
+def parse_memory_size(text: str) -> int:
+    """Bytes of a TORCHDEVICE_TOTAL_MEMORY value: ``25769803776``, ``24GB``, ``24GiB``, ``24G``, ``0.5 TB``."""
+    match = _MEMORY_SIZE.fullmatch(text.strip(_ASCII_SPACE))
+    unit = match.group(3).upper() if match else ""
+    if match is None or unit not in _MEMORY_UNITS:
+        raise ValueError(f"{TOTAL_MEMORY_ENV}={text!r} is not a memory size: {_MEMORY_SIZE_FORMS}")
+    scale = 1024 ** _MEMORY_UNITS[unit]
+    fraction = match.group(2) or ""
+    nbytes = int(match.group(1)) * scale + int(fraction or "0") * scale // 10 ** len(fraction)
+    if nbytes < 1:
+        raise ValueError(f"{TOTAL_MEMORY_ENV}={text!r} is less than 1 byte: {_MEMORY_SIZE_FORMS}")
+    if nbytes > _MAX_MEMORY_BYTES:
+        raise ValueError(f"{TOTAL_MEMORY_ENV}={text!r} is more than 2^64-1 bytes: {_MEMORY_SIZE_FORMS}")
+    return nbytes
+
+
+def requested_total_memory() -> int | None:
+    """The emulated GPU's memory in bytes as TORCHDEVICE_TOTAL_MEMORY asks; None: the host's RAM."""
+    text = os.environ.get(TOTAL_MEMORY_ENV)
+    return None if text is None else parse_memory_size(text)
+
+
+def cuda_caching_requested() -> bool:
+    """TORCHDEVICE_CUDA_CACHING: exactly as the allocator (csrc/runtime/allocator.cpp) reads it."""
+    value = os.environ.get(CUDA_CACHING_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(
+            f"{CUDA_CACHING_ENV}={value!r} is not valid: 1 models CUDA's caching allocator for the memory counts, "
+            "0 (the default) counts each tensor's bytes"
+        )
+    return value == "1"
+
+
+def requested_capability() -> tuple[int, int]:
+    """The compute capability TORCHDEVICE_CAPABILITY asks the emulated GPU to report (default 8.0)."""
+    raw = os.environ.get(CAPABILITY_ENV, "8.0")
+    try:
+        major, minor = (int(x) for x in raw.split("."))
+    except ValueError:
+        raise ValueError(f"{CAPABILITY_ENV}={raw!r} is not of the form MAJOR.MINOR (e.g. 8.0)") from None
+    return major, minor
 
 
 def requested_emulation() -> str | None:

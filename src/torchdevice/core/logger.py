@@ -59,15 +59,21 @@ def configure_from_env() -> None:
     Without the variable the level is set only if nobody set one: an application's
     ``logging.getLogger("torchdevice").setLevel(...)`` made before activation stays.
     """
-    value = os.environ.get(LEVEL_ENV, "").strip().upper()
-    if not value:
+    value = requested_level()
+    if value is None:
         if logger.level == logging.NOTSET:
             # Not the root's level: an application logging at INFO must not see torchdevice's INFO.
             logger.setLevel(logging.WARNING)
         return
-    if value not in LEVELS:
-        raise ValueError(f"{LEVEL_ENV}={value!r} is not valid; choose one of: {', '.join(LEVELS)}")
     logger.setLevel(value)
+
+
+def requested_level() -> str | None:
+    """The level TORCHDEVICE_LOG_LEVEL names (None when unset); ValueError naming the valid ones."""
+    value = os.environ.get(LEVEL_ENV, "").strip().upper()
+    if value and value not in LEVELS:
+        raise ValueError(f"{LEVEL_ENV}={value!r} is not valid; choose one of: {', '.join(LEVELS)}")
+    return value or None
 
 
 _unfaithful: dict[str, str] = {}

@@ -162,6 +162,23 @@ def remove_import_hook() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, TorchImportHook)]
 
 
+def check_environment():
+    """Check every torchdevice variable before torch loads; the plan they ask for.
+
+    The one place that validates them all, so a bad value fails here, as one line from the
+    ``.pth`` hook and the command line (and as a ValueError/RuntimeError from ``import
+    torchdevice``), not later in the native core once torch is loaded. Raises ValueError,
+    RuntimeError or NotImplementedError naming the bad value and the valid forms.
+    """
+    from torchdevice.core import device, logger
+
+    logger.requested_level()
+    device.requested_total_memory()
+    device.cuda_caching_requested()
+    device.requested_capability()
+    return device.plan()
+
+
 def activate_from_pth(activate: Callable[[], object], preload: Callable[[], object]) -> None:
     """What the .pth line does once the package is imported: check the environment, then hook torch.
 
@@ -169,10 +186,8 @@ def activate_from_pth(activate: Callable[[], object], preload: Callable[[], obje
     package leaves sys.modules, so a program that imports torchdevice itself gets the error
     as it would without the .pth (a ValueError at its ``import torchdevice``).
     """
-    from torchdevice.core import device
-
     try:
-        device.plan()
+        check_environment()
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         # site may process the .pth twice (lib and lib64 are one directory): one line, once.
         if not getattr(sys, "_torchdevice_startup_error", False):

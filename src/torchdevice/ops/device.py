@@ -19,8 +19,9 @@ import torch
 import torch.cuda
 
 from torchdevice import _C
+from torchdevice.core.device import requested_capability
 from torchdevice.core.patch import REGISTRY
-from torchdevice.shims.cuda import CLOCK_RATE_KHZ, _capability
+from torchdevice.shims.cuda import CLOCK_RATE_KHZ
 
 OWNER = "ops.device"
 _TYPE = "cuda"
@@ -28,7 +29,7 @@ _TYPE = "cuda"
 
 def arch_flags() -> str:
     """What a CUDA build compiled kernels for: here, the emulated capability (``sm_80`` by default)."""
-    major, minor = _capability()
+    major, minor = requested_capability()
     return f"sm_{major}{minor}"
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.cuda
 
 from torchdevice import _C
+from torchdevice.core import device as _device
 from torchdevice.core.patch import REGISTRY
 
 OWNER = "shims.cuda"
@@ -45,7 +46,7 @@ class EmulatedDeviceProperties:
     """What ``torch.cuda.get_device_properties`` returns (``torch._C._CudaDeviceProperties`` on GPU builds)."""
 
     def __init__(self, index: int) -> None:
-        major, minor = _capability()
+        major, minor = _device.requested_capability()
         self.name = os.environ.get("TORCHDEVICE_DEVICE_NAME", "torchdevice emulated GPU (CPU)")
         self.major = major
         self.minor = minor
@@ -85,15 +86,6 @@ class EmulatedDeviceProperties:
             f"pci_bus_id={self.pci_bus_id}, pci_device_id={self.pci_device_id}, "
             f"pci_domain_id={self.pci_domain_id}, L2_cache_size={self.L2_cache_size // (1024 * 1024)}MB)"
         )
-
-
-def _capability() -> tuple[int, int]:
-    raw = os.environ.get("TORCHDEVICE_CAPABILITY", "8.0")
-    try:
-        major, minor = (int(x) for x in raw.split("."))
-    except ValueError:
-        raise ValueError(f"TORCHDEVICE_CAPABILITY={raw!r} is not of the form MAJOR.MINOR (e.g. 8.0)") from None
-    return major, minor
 
 
 def _device_index(device: Any, optional: bool = True) -> int:
