@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,24 @@ def test_run_missing_script(tmp_path, run_cli):
     expected = f"torchdevice run: can't open file {str(tmp_path / 'missing.py')!r}: [Errno 2] No such file or directory\n"
     assert proc.stderr == expected
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["directory", "zip"])
+def test_run_target_without_main_module_is_one_line_like_python(tmp_path, run_cli, run_python, kind):
+    target = tmp_path / "app"
+    if kind == "directory":
+        write(target / "helper.py", "print('not main')\n")
+    else:
+        target = tmp_path / "app.zip"
+        with zipfile.ZipFile(target, "w") as archive:
+            archive.writestr("helper.py", "print('not main')\n")
+    plain = run_python([target.name], cwd=tmp_path)
+    ours = run_cli(["run", target.name], cwd=tmp_path)
+    assert ours.returncode == plain.returncode == 1, describe(ours)
+    message = f"can't find '__main__' module in {str(target)!r}\n"
+    assert plain.stderr == f"{sys.executable}: {message}"
+    assert ours.stderr == f"torchdevice run: {message}"
+    assert ours.stdout == ""
 
 
 @pytest.mark.parametrize(

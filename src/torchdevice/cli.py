@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import pkgutil
 import platform
 import runpy
 import sys
@@ -181,6 +182,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         abspath = os.path.abspath(ns.script)
         print(f"{PROG} run: can't open file {abspath!r}: [Errno 2] No such file or directory", file=sys.stderr)
         return EXIT_USAGE  # what `python missing.py` returns
+    if ns.script is not None and not _has_main_module(ns.script):
+        print(f"{PROG} run: can't find '__main__' module in {os.path.abspath(ns.script)!r}", file=sys.stderr)
+        return EXIT_ERROR  # what `python DIR` returns for a directory (or zip) without __main__.py
     report_path = None
     if ns.report is not None:
         # Absolute now: the target may change directory before the report is written.
@@ -244,6 +248,14 @@ def _run_script(script: str, args: list[str]) -> int:
         # A directory or zip with __main__.py: runpy implements python's rules for those.
         return _execute(lambda: runpy.run_path(script, run_name="__main__"))
     return _execute(lambda: _exec_as_main(os.path.abspath(script)))
+
+
+def _has_main_module(script: str) -> bool:
+    """False for a directory or zip file without a ``__main__`` module (runpy would fail on it)."""
+    if not (os.path.isdir(script) or zipfile.is_zipfile(script)):
+        return True  # a source file is its own main module
+    importer = pkgutil.get_importer(script)  # how runpy (and python) look into a directory or zip
+    return importer is not None and importer.find_spec("__main__") is not None
 
 
 def _exec_as_main(path: str) -> None:
