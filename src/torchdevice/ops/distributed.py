@@ -33,16 +33,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import importlib.abc
-import importlib.machinery
 import inspect
-import sys
 import threading
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
+from torchdevice.core.after_import import call_after_import
 from torchdevice.core.logger import logger
 from torchdevice.core.patch import REGISTRY
 
@@ -423,42 +421,6 @@ def _patch_functional_collectives(funcol: Any) -> None:
     )
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Runs ``patch(module)`` as soon as the module ``name`` has been executed, on first import.
-
-    Importing it up front would cost every program its import time; DTensor, FSDP2 and tensor
-    parallelism import it when they are used.
-    """
-
-    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
-        self.name = name
-        self.patch = patch
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module  # the loader object belongs to this spec alone
-
-        def exec_and_patch(module: Any) -> None:
-            exec_module(module)
-            self.patch(module)
-
-        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
-        return spec
-
-
-def _when_imported(name: str, patch: Callable[[Any], None]) -> None:
-    module = sys.modules.get(name)
-    if module is not None:
-        patch(module)
-    elif not any(isinstance(f, _PatchOnImport) and f.name == name for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport(name, patch))
-
-
 def apply_patches() -> None:
     if not dist.is_available():
         return
@@ -493,5 +455,6 @@ def apply_patches() -> None:
     REGISTRY.patch(c10d, "_coalescing_manager", coalescing_manager, owner=OWNER)
     REGISTRY.patch(dist, "_coalescing_manager", coalescing_manager, owner=OWNER)
 
-    _when_imported("torch.distributed._functional_collectives", _patch_functional_collectives)
+    call_after_import("torch.distributed._functional_collectives", _patch_functional_collectives,
+                      "distributed: could not patch torch.distributed._functional_collectives")
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from torchdevice.core.patch import REGISTRY
-from torchdevice.ops.distributed import _when_imported
+from torchdevice.core.after_import import call_after_import
 
 OWNER = "ops.dtensor_random"
 _PHILOX_STATE_BYTES = 16  # CUDA's: uint64 seed, uint64 offset
@@ -86,4 +86,5 @@ def apply_patches() -> None:
     if not torch.distributed.is_available():
         return
     # torch.distributed.tensor is imported by the programs that use DTensor, not by torch.
-    _when_imported("torch.distributed.tensor._random", _patch_random)
+    call_after_import("torch.distributed.tensor._random", _patch_random,
+                      "DTensor: could not patch torch.distributed.tensor._random")

@@ -10,9 +10,8 @@ routes the ``cuda`` device to that code generation:
   stream argument and allocates its buffers with ``device='cuda:N'`` (through the emulated
   allocator), so compiled graphs take and return ``cuda`` tensors;
 * inductor is told what really runs the kernels wherever it asks: ``cuda`` leaves its list of
-  GPU types (``GPU_TYPES``, behind ``is_gpu``: Triton availability, device guards, stream
-  handles), the emulated device is not Triton-capable (``has_triton()``), its backend for
-  ``cuda`` is ``cpp`` (``config.cuda_backend``, behind ``get_current_backend``/``is_triton``),
+  GPU types (``GPU_TYPES``, behind ``is_gpu``: Triton code generation, device guards, stream
+  handles) and its backend for ``cuda`` is ``cpp`` (``config.cuda_backend``, behind ``get_current_backend``/``is_triton``),
   and its "is this the host?" predicates (scheduler nodes, IR) answer yes, which keeps GPU-only
   fusions away from C++ kernels. GPU alignment padding is off: it helps tensor cores, not the
   host;
@@ -33,15 +32,14 @@ wrapped when something imports it, and the backend is installed on the first com
 from __future__ import annotations
 
 import copy
-import importlib.abc
 import inspect
 import logging
-import sys
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from torchdevice.core.after_import import call_after_import
 from torchdevice.core.patch import REGISTRY
 
 OWNER = "utils.compile"
@@ -79,69 +77,8 @@ def apply_patches() -> None:
         # emulated device's memory is host memory.
         logger.debug("torch.compile: inductor is left as it is (runner %s)", plan.runner)
         return
-    module = sys.modules.get(_ENTRY_MODULE)
-    if module is not None:
-        _wrap_entry_point(module)
-    else:
-        sys.meta_path.insert(0, _AfterImport(_ENTRY_MODULE, _wrap_entry_point))
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Run ``callback(module)`` once, right after the module named ``name`` is first imported.
-
-    Python has no post-import hook; this finder answers only for that one name, delegates the
-    finding and loading to the finders after it, and removes itself on first use, so other
-    imports never reach it again.
-    """
-
-    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
-        self.name = name
-        self.callback = callback
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != self.name:
-            return None
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec is not None else None
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _NotifyingLoader(spec.loader, self.callback)
-        return spec
-
-
-class _NotifyingLoader(importlib.abc.Loader):
-    """A module loader that calls ``callback(module)`` after the wrapped loader executed it."""
-
-    def __init__(self, loader: Any, callback: Callable[[Any], None]) -> None:
-        self._loader = loader
-        self._callback = callback
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        # Tracebacks and inspect.getsource ask the module's __loader__ for its source.
-        module.__loader__ = self._loader
-        if getattr(module, "__spec__", None) is not None:
-            module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
-        try:
-            self._callback(module)
-        except Exception:
-            # Never break `import torch._inductor...` for the user: compilation then fails as
-            # it would without torchdevice, and the reason is logged.
-            logger.exception("torch.compile: could not route inductor to the emulated device")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
+    # A failure leaves inductor as it is: compilation then fails as it would without torchdevice.
+    call_after_import(_ENTRY_MODULE, _wrap_entry_point, "torch.compile: could not route inductor to the emulated device")
 
 
 def _wrap_entry_point(module: Any) -> None:
@@ -263,7 +200,6 @@ def _install_backend() -> None:
             return device is not None and device.type in ("cpu", _TYPE)
 
         REGISTRY.patch(scheduler.BaseSchedulerNode, "is_cpu", scheduler_node_is_cpu, owner=OWNER)
-        _no_triton_on_the_emulated_device()
         # Fill the table with inductor's defaults first, so they cannot replace this entry later.
         common.init_backend_registration()
         common.register_backend_for_device(
@@ -279,31 +215,6 @@ def _install_backend() -> None:
         )
         _backend_installed = True
         logger.debug("torch.compile: inductor compiles emulated cuda graphs with its C++ backend")
-
-
-def _no_triton_on_the_emulated_device() -> None:
-    """Tell inductor that Triton cannot run on the emulated ``cuda`` device.
-
-    ``torch.utils._triton.has_triton()`` asks every device interface whether it is available and
-    Triton-capable; for ``cuda`` that is a capability of 7.0 or more, which the emulated device
-    reports. With a Triton package installed (the CUDA wheel depends on one) inductor then asks
-    Triton's NVIDIA driver for its target while compiling even a C++ graph, which fails without
-    libcuda ("libcuda.so cannot found!"). The emulated device runs no Triton, so it is not
-    Triton-capable; has_triton() is cached, so its cache is cleared. (A CPU build without the
-    Triton package answers False already.)
-    """
-    from torch._dynamo import device_interface
-    from torch.utils import _triton
-
-    cuda_interface = getattr(device_interface, "CudaInterface", None)
-    if cuda_interface is None or "is_triton_capable" not in vars(cuda_interface):
-        return
-
-    def is_triton_capable(device: Any = None) -> bool:
-        return False
-
-    REGISTRY.patch(cuda_interface, "is_triton_capable", staticmethod(is_triton_capable), owner=OWNER)
-    _triton.has_triton.cache_clear()
 
 
 def _codegen_identity() -> Any:
