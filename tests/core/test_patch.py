@@ -70,6 +70,25 @@ def test_undo_of_a_class_attribute_restores_inheritance():
     assert "method" not in Child.__dict__
 
 
+def test_a_class_rebased_by_a_patch_gets_its_bases_back():
+    class Dummy:
+        pass
+
+    class Real:
+        def method(self):
+            return "real"
+
+    class Child(Dummy):
+        pass
+
+    registry = PatchRegistry()
+    registry.patch(Child, "__bases__", (Real,), owner="tests")
+    assert Child().method() == "real"
+    assert not list(registry)[0].added  # every class has bases: this replaces them
+    registry.undo_all()
+    assert Child.__bases__ == (Dummy,)
+
+
 def test_patch_function_decorator():
     target, registry = make_target(), PatchRegistry()
 

@@ -293,6 +293,24 @@ def test_destroy_callbacks_fire_when_the_graph_is_collected():
     assert fired == [True]
 
 
+@pytest.mark.skipif(not hasattr(torch.cuda.graphs, "register_graph_destroy_hook"), reason="torch < 2.14")
+def test_graph_destroy_hooks_run_when_a_graph_is_destroyed():
+    destroyed = []
+    handle = torch.cuda.graphs.register_graph_destroy_hook(destroyed.append)
+    try:
+        graph, _ = _capture(lambda: torch.ones(2, device=DEVICE) + 1)
+        graph.replay()
+        del graph
+        assert destroyed == [set()]  # no exec graph ids: an emulated graph has none
+        graph, _ = _capture(lambda: torch.ones(2, device=DEVICE) * 2)
+        graph.reset()
+        assert destroyed == [set(), set()]
+    finally:
+        handle.remove()
+    del graph
+    assert len(destroyed) == 2
+
+
 @pytest.mark.skipif(not hasattr(torch.cuda.graphs, "register_graph_capture_end_hook"), reason="torch < 2.14")
 def test_module_level_graph_hooks_see_every_graph():
     seen = []

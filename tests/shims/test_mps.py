@@ -120,3 +120,26 @@ def test_invalid_emulation_is_a_clear_error():
 
 def test_current_process_emulates_cuda_by_default():
     assert torch.cuda.is_available()
+
+
+def test_mps_streams_and_events_of_newer_torch():
+    # torch >= 2.15: Event.record compares torch.mps.current_stream() with the default stream;
+    # torch.backends.mps names the device. (Older releases have neither: the test checks what exists.)
+    code = textwrap.dedent(
+        """
+        import torch
+        name = torch.backends.mps.get_name() if hasattr(torch._C, "_mps_get_name") or hasattr(torch.mps, "current_stream") else "-"
+        assert isinstance(name, str) and name
+        start, end = torch.mps.Event(enable_timing=True), torch.mps.Event(enable_timing=True)
+        start.record(); torch.ones(64, device="mps").sum(); end.record(); end.synchronize()
+        assert start.elapsed_time(end) >= 0
+        if hasattr(torch.mps, "current_stream"):
+            assert torch.mps.current_stream() == torch.mps.default_stream()
+            assert torch.mps.current_stream().stream_id == 0
+            with torch.mps.stream(torch.mps.Stream(stream_id=0)):
+                torch.mps.current_stream().synchronize()
+            assert torch.backends.mps.get_core_count() >= 1
+        print("ok")
+        """
+    )
+    assert _run(code) == "ok"

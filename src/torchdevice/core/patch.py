@@ -46,6 +46,8 @@ class PatchRegistry:
     def patch(self, target: Any, name: str, replacement: Any, *, owner: str) -> Any:
         """Set ``target.name = replacement`` and remember the original."""
         original = target.__dict__.get(name, _MISSING) if hasattr(target, "__dict__") else getattr(target, name, _MISSING)
+        if original is _MISSING and isinstance(target, type) and name in vars(type):
+            original = getattr(target, name)  # an attribute of every class, kept by type (__bases__)
         setattr(target, name, replacement)
         self._patches.append(Patch(target, name, original, replacement, owner))
         return replacement

@@ -322,11 +322,13 @@ class CUDAGraph:
         # The finalizer is bound to the holder, not to the graph, so it never keeps it alive.
         self._retained = _Retained()
         self._retained_finalizer = weakref.finalize(self, self._retained.fire)
-        active = getattr(torch.cuda.graphs, "_graph_destroy_hooks_active", None)
-        run_destroy_hooks = getattr(torch.cuda.graphs, "_run_graph_destroy_hooks", None)
-        if active is not None and run_destroy_hooks is not None and active():
+        if hasattr(torch.cuda.graphs, "register_graph_destroy_hook"):  # torch >= 2.14
+            # Hooks registered with torch.cuda.register_graph_destroy_hook run when any graph
+            # is destroyed; torch's own graphs call this private entry point for them (tested
+            # in tests/test_torch_internals.py, so a release that renames it fails a test).
             # Consumers key per-graph state by exec graph ids (CUPTI tools ids), which an
             # emulated graph does not have: they are told of its destruction with none.
+            run_destroy_hooks = torch.cuda.graphs._run_graph_destroy_hooks
             self.register_destroy_callback(lambda: run_destroy_hooks(set()))
 
     # --- inspection -----------------------------------------------------------------------
