@@ -20,7 +20,10 @@ def apply_patches() -> None:
     # torch.compile's routing to inductor's C++ backend (lazy: inductor is imported on first use).
     from torchdevice.utils import compile as _compile
     from torchdevice.utils import jit as _jit
+    from torchdevice.utils import triton_kernels as _triton_kernels
 
     _compile.apply_patches()
+    # Hand-written Triton kernels on Triton's interpreter (lazy: when the program imports Triton).
+    _triton_kernels.apply_patches()
     # TorchScript: no GPU fusion (CUDA C) for the emulated device.
     _jit.apply_patches()
