@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -313,3 +315,116 @@ def test_ops_the_runner_lacks_are_reported(tmp_path, run_python):
     fallbacks, lines = json.loads(proc.stdout)
     assert fallbacks == {"aten::atan2": 2}
     assert "ops the cpu runner has no kernel for, run on the CPU: aten::atan2 x2" in lines
+
+
+# ------------------------------------------------------------------ exit status, report file
+
+ENDINGS = """\
+import contextlib, sys
+import torch
+torch.cuda.synchronize()
+
+def exit_inside_a_with_block():
+    with contextlib.nullcontext():
+        sys.exit(4)
+
+def exit_caught_and_handled():
+    try:
+        sys.exit(5)
+    except SystemExit:
+        pass
+
+ending = sys.argv[1]
+if ending == "exit-3":
+    sys.exit(3)
+elif ending == "exception":
+    raise RuntimeError("ended on purpose")
+elif ending == "interrupt":
+    raise KeyboardInterrupt
+elif ending == "exit-in-with":
+    exit_inside_a_with_block()
+elif ending == "exit-handled":
+    exit_caught_and_handled()
+elif ending == "exit-message":
+    sys.exit("bye")
+"""
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "returncode"),
+    [("normal", 0, 0), ("exit-3", 3, 3), ("exception", 1, 1), ("interrupt", 130, -2), ("exit-in-with", 4, 4),
+     ("exit-handled", 0, 0), ("exit-message", 1, 1)],
+)
+def test_report_from_the_environment_records_the_exit_status(tmp_path, run_python, ending, status, returncode):
+    """As `torchdevice run --report` records it: ^C is python's end by SIGINT, 128 + 2 to a shell."""
+    script = write(tmp_path / "ends.py", ENDINGS)
+    out = tmp_path / "r.json"
+    env = {"TORCH_DEVICE_BACKEND": "cpu", "TORCHDEVICE_REPORT": str(out), "TORCHDEVICE_REPORT_OPS": "0"}
+    proc = run_python([str(script), ending], env=env, cwd=tmp_path)
+    assert proc.returncode == returncode, describe(proc)
+    assert json.loads(out.read_text())["exit_status"] == status
+
+
+def test_run_report_records_an_interrupt_as_python_exits(tmp_path, run_cli):
+    script = write(tmp_path / "ends.py", ENDINGS)
+    out = tmp_path / "r.json"
+    proc = run_cli(["run", "--report", str(out), str(script), "interrupt"], cwd=tmp_path,
+                   env={"TORCHDEVICE_REPORT_OPS": "0"})
+    assert proc.returncode == -2, describe(proc)  # killed by SIGINT, as `python ends.py interrupt` is
+    assert json.loads(out.read_text())["exit_status"] == 130
+
+
+def test_report_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    from torchdevice import report
+
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    report.write({"schema": report.SCHEMA}, str(out))
+    assert json.loads(out.read_text()) == {"schema": report.SCHEMA}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_report_write_without_unnamed_files(tmp_path, monkeypatch):
+    """Where O_TMPFILE is missing (not Linux, some file systems), a named temporary file, renamed."""
+    from torchdevice import report
+
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    out = tmp_path / "r.json"
+    report.write({"schema": report.SCHEMA}, str(out))
+    assert json.loads(out.read_text()) == {"schema": report.SCHEMA}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_report_write_removes_temporaries_of_processes_that_are_gone(tmp_path):
+    from torchdevice import report
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "r.json"
+    (tmp_path / f"r.json.tmp{gone.pid}").write_text("{")  # a writer that died before renaming
+    (tmp_path / f"r.json.tmp{os.getppid()}").write_text("{")  # a live process may still be writing
+    report.write({"schema": report.SCHEMA}, str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", f"r.json.tmp{os.getppid()}"]
+
+
+def test_a_process_ending_while_the_report_is_written_leaves_no_file(tmp_path, run_python):
+    """os._exit (another thread, a signal) most likely lands while the JSON is made: no file exists yet then."""
+    out = tmp_path / "r.json"
+    script = write(
+        tmp_path / "dies.py",
+        f"""\
+        import io, json, os
+        import torchdevice, torch
+        from torchdevice import report
+
+        def die(*args, **kwargs):
+            os._exit(7)
+
+        json.dump = json.dumps = die
+        report.start({str(out)!r}, ops=False)
+        report.finish(stream=io.StringIO())
+        """,
+    )
+    proc = run_python([str(script)], cwd=tmp_path)
+    assert proc.returncode == 7, describe(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dies.py"]

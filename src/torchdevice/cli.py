@@ -216,6 +216,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             status = _run_module(ns.module, ns.args)
         else:
             status = _run_script(ns.script, ns.args)
+    except KeyboardInterrupt:
+        if report is not None:
+            status = report.SIGINT_EXIT_STATUS  # the interpreter ends by SIGINT, as for `python script.py`
+        raise
     finally:
         if report is not None:
             sys.stdout.flush()
@@ -326,13 +330,11 @@ def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
 
 def _exit_status(code: Any, report: bool = False) -> int:
     """CPython's handling of SystemExit: None is 0, an int is itself, anything else is printed and 1."""
-    if code is None:
-        return EXIT_OK
-    if isinstance(code, int):
-        return code
-    if report:
+    from torchdevice.report import exit_code_status  # no torch: the report module imports it lazily
+
+    if report and code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
-    return EXIT_ERROR
+    return exit_code_status(code)
 
 
 def _usage_error(command: str, message: str) -> int:

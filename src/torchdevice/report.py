@@ -36,9 +36,11 @@ import linecache
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from torchdevice.core import callsite
@@ -805,12 +807,66 @@ def expand_path(path: str) -> str:
     return path.replace("{pid}", str(os.getpid())).replace("{rank}", os.environ.get("RANK", "0"))
 
 
+_TEMPORARY_SUFFIX = ".tmp"
+
+
 def write(data: dict[str, Any], path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    """Write the report atomically: a reader sees the old file or the whole new one.
+
+    A process can end at any instant (``os._exit`` from another thread, a signal), so the data
+    is written into a file with no name (``O_TMPFILE``) that is named only once complete, just
+    before it replaces ``path``; where the file system cannot do that, a named temporary file.
+    Either way, temporaries that processes which no longer exist left next to ``path`` are removed.
+    """
+    text = json.dumps(data, indent=2) + "\n"  # before any file exists: the slow part
+    _remove_stale_temporaries(path)
+    tmp = f"{path}{_TEMPORARY_SUFFIX}{os.getpid()}"
+    if not _write_unnamed(text, os.path.dirname(os.path.abspath(path)), tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
     os.replace(tmp, path)
+
+
+def _write_unnamed(text: str, directory: str, name: str) -> bool:
+    """Write ``text`` into a new file of ``directory`` that gets ``name`` once complete; False if unsupported."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
+    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
+        return False
+    try:
+        with open(fd, "w", encoding="utf-8", closefd=False) as f:
+            f.write(text)
+        os.link(f"/proc/self/fd/{fd}", name)
+    except OSError:  # no /proc to name it through
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    import glob
+
+    for tmp in glob.glob(glob.escape(path) + _TEMPORARY_SUFFIX + "*"):
+        pid = tmp[len(path) + len(_TEMPORARY_SUFFIX):]
+        # This process's own name is stale too: it writes one report, and a file of that name
+        # can only be from an earlier process that had the same PID.
+        if not pid.isdigit() or (int(pid) != os.getpid() and _process_exists(int(pid))):
+            continue
+        try:
+            os.unlink(tmp)
+        except OSError:  # removed by another writer meanwhile, or not ours to remove
+            pass
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def finish(exit_status: int | None = None, stream=None) -> dict[str, Any] | None:
@@ -834,6 +890,81 @@ def finish(exit_status: int | None = None, stream=None) -> dict[str, Any] | None
     return data
 
 
+# What `python` exits with after ^C (KeyboardInterrupt reaching the top): it ends itself by SIGINT,
+# which a shell reports as 128 + 2.
+SIGINT_EXIT_STATUS = 128 + signal.SIGINT
+
+
+def exit_code_status(code: Any) -> int:
+    """CPython's reading of ``SystemExit.code``: None is 0, an int is itself, anything else is 1."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def exit_status_of(exc: BaseException) -> int:
+    """The status ``python`` exits with when ``exc`` ends the program."""
+    if isinstance(exc, SystemExit):
+        return exit_code_status(exc.code)
+    if isinstance(exc, KeyboardInterrupt):
+        return SIGINT_EXIT_STATUS
+    return 1
+
+
+# The exit status at atexit, for a report the environment started (``torchdevice run`` knows it).
+# CPython keeps the exception that ended the program in sys.last_value (3.12: last_exc), except
+# SystemExit, which it reads and frees before running atexit handlers. So while the report is on,
+# sys.exit is wrapped, and each SystemExit it raises carries an _ExitWatch: freed with no Python
+# frame running, the exception was freed by CPython's top level, and its status is the process's;
+# freed while Python code runs, an `except` handled it and the program went on.
+_exit_watch: Callable[[], Any] | None = None
+_exit_ended: int | None = None
+
+
+class _ExitWatch:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __del__(self, _getframe: Callable[[], Any] = sys._getframe) -> None:  # bound now: may run late in finalization
+        global _exit_ended
+        _exit_ended = self.status if _getframe().f_back is None else None
+
+
+def _watched_exit(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def exit(*args: Any) -> None:
+        global _exit_watch
+        try:
+            original(*args)
+        except SystemExit as exc:
+            watch = _ExitWatch(exit_status_of(exc))
+            exc.__torchdevice_exit_watch__ = watch  # type: ignore[attr-defined]
+            _exit_watch = weakref.ref(watch)
+            del watch  # the exception alone keeps it alive
+            raise
+
+    exit.__torchdevice_report__ = True  # type: ignore[attr-defined]
+    return exit
+
+
+def _exit_status_at_exit() -> int:
+    if _exit_ended is not None:
+        return _exit_ended
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    tb = getattr(last, "__traceback__", None)
+    if tb is not None and tb.tb_frame.f_back is None:
+        # An exception printed at the top (not one PyErr_Print showed for a callback, called from Python).
+        return exit_status_of(last)
+    watch = _exit_watch() if _exit_watch is not None else None
+    if watch is not None:
+        return watch.status  # the SystemExit is still alive: in a reference cycle, or kept by the program
+    return 0
+
+
+def _finish_at_exit() -> None:
+    finish(exit_status=_exit_status_at_exit())
+
+
 def start_from_env(path: str | None) -> Report:
     """The report ``TORCHDEVICE_REPORT`` asks for (written at exit), or DEBUG tracing without one."""
     global _atexit_registered
@@ -849,7 +980,10 @@ def start_from_env(path: str | None) -> Report:
     report = start(path)
     if path is not None and not _atexit_registered:
         _atexit_registered = True
-        atexit.register(finish)
+        from torchdevice.core.patch import REGISTRY
+
+        REGISTRY.patch(sys, "exit", _watched_exit(sys.exit), owner=OWNER)
+        atexit.register(_finish_at_exit)
     return report
 
 
