@@ -144,18 +144,43 @@ def transformer(repeats):
 
 
 def fresh(code: str, env: dict | None = None) -> str:
+    """The last line ``python -c code`` prints, run with ``env`` (default: this process's environment)."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, **(env or {})})
+                         env=dict(os.environ) if env is None else env)
     return out.stdout.strip().splitlines()[-1]
+
+
+def is_torchdevice_variable(name: str) -> bool:
+    return name == "TORCH_DEVICE_BACKEND" or name.startswith("TORCHDEVICE_")
+
+
+def plain_env(environ=os.environ) -> dict:
+    """``environ`` without torchdevice's variables: a process started with it is plain python.
+
+    With TORCH_DEVICE_BACKEND set, torchdevice's .pth hook imports it at interpreter start,
+    before any timer in the process runs.
+    """
+    return {k: v for k, v in environ.items() if not is_torchdevice_variable(k)}
+
+
+def import_timers(environ=os.environ) -> tuple[str, str]:
+    """The code timing ``import torch`` alone and ``import torchdevice`` (which imports torch).
+
+    Both run with :func:`plain_env`; the second sets torchdevice's variables from ``environ``
+    itself, after start-up, so that activation happens inside the timed import.
+    """
+    timer = "import os, time; os.environ.update({env!r}); t=time.perf_counter(); import {m}; print(time.perf_counter()-t)"
+    torchdevice_env = {k: v for k, v in environ.items() if is_torchdevice_variable(k)}
+    return timer.format(env={}, m="torch"), timer.format(env=torchdevice_env, m="torchdevice")
 
 
 @workload("g", "import torchdevice wall time beyond import torch (seconds, fresh processes)")
 def import_overhead(repeats):
-    timer = "import time; t=time.perf_counter(); import {m}; print(time.perf_counter()-t)"
+    plain, with_torchdevice = import_timers()
     diffs = []
     for _ in range(repeats):
-        base = float(fresh(timer.format(m="torch")))
-        with_td = float(fresh(timer.format(m="torchdevice")))
+        base = float(fresh(plain, plain_env()))
+        with_td = float(fresh(with_torchdevice, plain_env()))
         diffs.append(with_td - base)
     return diffs
 
