@@ -69,6 +69,22 @@ def test_nvtx_answers_as_without_a_profiler():
         torch.ones(2, device="cuda").sum()
 
 
+@pytest.mark.parametrize(
+    ("call", "argument", "signature"),
+    [("range_push", 123, "(arg0: str) -> int"), ("range_start", 1.5, "(arg0: str) -> int"),
+     ("mark", ["m"], "(arg0: str) -> None"), ("range_end", "id", "(arg0: int) -> None")],
+)
+def test_nvtx_refuses_arguments_as_its_binding_does(call, argument, signature):
+    binding = {"range_push": "rangePushA", "range_start": "rangeStartA", "mark": "markA", "range_end": "rangeEnd"}[call]
+    with pytest.raises(TypeError) as info:
+        getattr(torch.cuda.nvtx, call)(argument)
+    assert str(info.value) == (
+        f"{binding}(): incompatible function arguments. The following argument types are supported:\n"
+        f"    1. {signature}\n\nInvoked with: {argument!r}"
+    )
+    assert torch.cuda.nvtx.range_push(None) == -2 and torch.cuda.nvtx.range_pop() == -2  # NULL is a message
+
+
 def test_emit_nvtx_and_profiler_contexts():
     with torch.autograd.profiler.emit_nvtx(record_shapes=True):
         (torch.ones(2, device="cuda") * 2).sum()

@@ -246,6 +246,10 @@ def test_mem_get_info_follows_the_allocator(cuda_memory_baseline):
     assert torch.cuda.device_memory_used() == torch.cuda.memory_reserved() + context
     with pytest.raises(torch.AcceleratorError, match="invalid device ordinal"):
         torch.cuda.mem_get_info(3)
+    # CUDA's guard takes only -1 as the current device; -2 is an ordinal cudaSetDevice refuses.
+    assert torch.cuda.mem_get_info(-1)[1] == total
+    with pytest.raises(torch.AcceleratorError, match="invalid device ordinal"):
+        torch.cuda.mem_get_info(-2)
 
 
 def test_per_process_memory_fraction_limits_and_recovers(cuda_memory_baseline, restore_memory_fraction):

@@ -101,6 +101,11 @@ def test_without_recording_a_snapshot_lists_the_live_blocks_without_frames():
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="enabled"):
         torch.cuda.memory._record_memory_history(enabled="sometimes")
+    # CUDA's binding takes max_entries as a size_t: pybind refuses a negative count.
+    with pytest.raises(TypeError, match=r"^_cuda_record_memory_history\(\): incompatible function arguments") as info:
+        torch.cuda.memory._record_memory_history(max_entries=-5)
+    assert str(info.value).endswith("\n\nInvoked with: 'all', 'all', 'all', -5, False, False, False, []")
+    assert not torch.cuda.memory._snapshot()["device_traces"][0]  # nothing started recording
 
 
 def test_recorded_over_a_step_blocks_equal_the_allocator_counts(run_snippet):

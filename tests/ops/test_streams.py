@@ -274,3 +274,28 @@ def test_a_stream_waiting_on_an_event_is_busy_until_it_completes():
 def test_current_stream_of_a_device_that_does_not_exist_raises_cudas_error():
     with pytest.raises(RuntimeError, match=r"Device index value 1 is out of index range \[0, 1\)"):
         torch.accelerator.current_stream(torch.accelerator.device_count())
+
+
+@pytest.mark.parametrize(("lookup", "index"), [("default_stream", -5), ("current_stream", 99), ("current_stream", -2)])
+def test_stream_of_a_device_index_out_of_range_raises_cudas_error(lookup, index):
+    # c10::cuda's check_gpu: only -1 means the current device; any other index must exist.
+    with pytest.raises(RuntimeError, match=rf"^Device index value {index} is out of index range \[0, 1\)$"):
+        getattr(torch.cuda, lookup)(index)
+    assert getattr(torch.cuda, lookup)(-1) == getattr(torch.cuda, lookup)(0)
+
+
+@pytest.mark.parametrize("use", ["synchronize", "query", "record_event", "wait_event"])
+def test_external_stream_with_a_handle_never_handed_out_is_an_invalid_resource_handle(use):
+    stream = torch.cuda.ExternalStream(0xDEADBEEF)
+    with pytest.raises(torch.AcceleratorError, match="^CUDA error: invalid resource handle\n") as info:
+        method = getattr(stream, use)
+        method(torch.cuda.Event()) if use == "wait_event" else method()
+    assert info.value.error_code == 400  # cudaErrorInvalidResourceHandle
+
+
+def test_external_stream_of_a_stream_handed_out_works():
+    for handle in (0, torch.cuda.Stream().cuda_stream, torch.cuda.current_stream().cuda_stream):
+        stream = torch.cuda.ExternalStream(handle)
+        stream.synchronize()
+        assert stream.query() is True
+        stream.wait_event(stream.record_event())

@@ -142,4 +142,5 @@ def _answer_as_without_cuda_libraries() -> None:
 def device_index(device: Any) -> int:
     """torch.cuda's device-argument parsing, with None/-1 meaning the current device."""
     index = torch.cuda._utils._get_device_index(device, optional=True, allow_cpu=False)
-    return _C.current_device(_TYPE) if index is None or index < 0 else index
+    # Only -1: CUDA takes any other negative index as the (invalid) device it names.
+    return _C.current_device(_TYPE) if index is None or index == -1 else index

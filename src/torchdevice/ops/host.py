@@ -32,6 +32,23 @@ _TYPE = "cuda"
 NVTX_NO_PUSH_POP_TRACKING = -2
 
 
+def _nvtx_message(function: str, msg: Any, returns: str) -> str:
+    """The ``const char*`` argument of an NVTX binding: str, bytes or None (NULL), as pybind11 takes it."""
+    if msg is None or isinstance(msg, str):
+        return msg or ""
+    if isinstance(msg, bytes):
+        return msg.decode("utf-8", "replace")
+    raise incompatible_arguments(function, f"(arg0: str) -> {returns}", msg)
+
+
+def incompatible_arguments(function: str, signature: str, *args: Any) -> TypeError:
+    """The TypeError pybind11 raises for a call to a torch binding that no overload accepts."""
+    return TypeError(
+        f"{function}(): incompatible function arguments. The following argument types are supported:\n"
+        f"    1. {signature}\n\nInvoked with: {', '.join(repr(a) for a in args)}"
+    )
+
+
 class _NVTX:
     """``torch._C._nvtx`` as it behaves on a GPU machine with no profiling tool attached.
 
@@ -61,7 +78,7 @@ class _NVTX:
             torch.ops.profiler._record_function_exit._RecordFunction(handle)
 
     def rangePushA(self, msg: str) -> int:
-        self._stack().append(self._enter(msg))
+        self._stack().append(self._enter(_nvtx_message("rangePushA", msg, "int")))
         return NVTX_NO_PUSH_POP_TRACKING
 
     def rangePop(self) -> int:
@@ -71,7 +88,7 @@ class _NVTX:
         return NVTX_NO_PUSH_POP_TRACKING
 
     def rangeStartA(self, msg: str) -> int:
-        handle = self._enter(msg)
+        handle = self._enter(_nvtx_message("rangeStartA", msg, "int"))
         if handle is None:
             return 0  # nvtxRangeId_t 0: the id NVTX hands out without a tool
         range_id, self._next_id = self._next_id, self._next_id + 1
@@ -79,10 +96,12 @@ class _NVTX:
         return range_id
 
     def rangeEnd(self, range_id: int) -> None:
+        if not isinstance(range_id, int) or range_id < 0:  # an nvtxRangeId_t (uint64_t)
+            raise incompatible_arguments("rangeEnd", "(arg0: int) -> None", range_id)
         self._exit(self._started.pop(range_id, None))
 
     def markA(self, msg: str) -> None:
-        self._exit(self._enter(msg))
+        self._exit(self._enter(_nvtx_message("markA", msg, "None")))
 
     def deviceRangeStart(self, msg: str, stream: int = 0) -> object:
         return None

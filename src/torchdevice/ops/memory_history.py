@@ -29,6 +29,7 @@ import torch
 
 from torchdevice import _C
 from torchdevice.core.patch import REGISTRY
+from torchdevice.ops.host import incompatible_arguments
 
 OWNER = "ops.memory_history"
 _TYPE = "cuda"
@@ -87,12 +88,26 @@ class _Recorder:
 _recorder = _Recorder()
 
 
+# How pybind11 shows the binding torch.cuda.memory._record_memory_history calls.
+_RECORD_MEMORY_HISTORY_SIGNATURE = (
+    "(arg0: Optional[str], arg1: Optional[str], arg2: str, arg3: int, arg4: bool, arg5: bool, arg6: bool, "
+    "arg7: list[str]) -> None"
+)
+
+
 def record_memory_history(enabled: Any = "all", context: Any = "all", stacks: str = "all",
                           max_entries: int = sys.maxsize, clear_history: bool = False, compile_context: bool = False,
                           global_record_annotations: bool = False, skip_actions: Any = None,
                           record_pinned_host_memory: bool = False, record_cuda: bool = True) -> None:
     """``torch._C._cuda_record_memory_history``: the same arguments and meaning (the compile and
     annotation contexts and pinned host memory are not recorded)."""
+    if not isinstance(max_entries, int) or max_entries < 0:
+        # CUDA's binding takes a size_t: pybind refuses a negative (or non-integer) value.
+        raise incompatible_arguments(
+            "_cuda_record_memory_history", _RECORD_MEMORY_HISTORY_SIGNATURE,
+            enabled, context, stacks, max_entries, clear_history, compile_context, global_record_annotations,
+            skip_actions if skip_actions is not None else [],
+        )
     skip_actions = skip_actions or []
     if not record_cuda:
         enabled = None
@@ -107,7 +122,7 @@ def record_memory_history(enabled: Any = "all", context: Any = "all", stacks: st
         if clear_history or enabled is None:
             _recorder.traces.clear()
         _recorder.enabled, _recorder.context, _recorder.stacks = enabled, context, stacks
-        _recorder.max_entries = max(int(max_entries), 0)
+        _recorder.max_entries = max_entries
         _recorder.skip_actions = set(skip_actions)
         if enabled is None:
             _recorder.blocks.clear()
@@ -122,7 +137,7 @@ def _record_memory_history_legacy(enabled: bool, record_context: bool = True, tr
         return
     record_memory_history("all" if trace_alloc_max_entries > 1 else "state",
                           "all" if (record_context or trace_alloc_record_context) else None,
-                          "all" if record_context_cpp else "python", trace_alloc_max_entries)
+                          "all" if record_context_cpp else "python", max(int(trace_alloc_max_entries), 0))
 
 
 def _frames(tracebacks: list[Any]) -> dict[int, list[dict]]:

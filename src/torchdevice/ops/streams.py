@@ -139,11 +139,61 @@ class Stream(torch.Stream):
         return (0, self.cuda_stream)
 
 
+# The emulated guard numbers the streams it creates 1, 2, 3... (csrc/runtime/guard.cpp); 0 is the
+# default stream. A handle at or above _issued_below has not been seen issued yet.
+_issued_below = 1
+_issued_lock = threading.Lock()
+_CUDA_ERROR_HINTS = (
+    "CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below "
+    "might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+    "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+)
+_CUDA_ERROR_INVALID_RESOURCE_HANDLE = 400
+
+
+def _issued(stream_handle: int) -> bool:
+    """Whether the emulator handed out this cudaStream_t value (a stream's ``cuda_stream``)."""
+    global _issued_below
+    if stream_handle < 0:
+        return False
+    with _issued_lock:
+        if stream_handle >= _issued_below:
+            # A new stream gets the next number: every number below it has been handed out.
+            _issued_below = int(torch.Stream(device=_TYPE).stream_id)
+        return stream_handle < _issued_below
+
+
 class ExternalStream(Stream):
-    r"""A stream allocated elsewhere, identified by its ``cudaStream_t`` value."""
+    r"""A stream allocated elsewhere, identified by its ``cudaStream_t`` value.
+
+    The only streams that exist here are the emulator's, so using a handle it never handed out
+    fails as CUDA fails for a handle that is no stream: "invalid resource handle".
+    """
 
     def __new__(cls, stream_ptr: int, device: Any = None, **kwargs: Any) -> "ExternalStream":
         return super().__new__(cls, device, stream_ptr=stream_ptr, **kwargs)
+
+    def _check_handle(self) -> None:
+        if not _issued(self.cuda_stream):
+            error = torch.AcceleratorError("CUDA error: invalid resource handle\n" + _CUDA_ERROR_HINTS)
+            error.error_code = _CUDA_ERROR_INVALID_RESOURCE_HANDLE
+            raise error
+
+    def query(self) -> bool:
+        self._check_handle()
+        return super().query()
+
+    def synchronize(self) -> None:
+        self._check_handle()
+        super().synchronize()
+
+    def wait_event(self, event: torch.Event) -> None:
+        self._check_handle()
+        super().wait_event(event)
+
+    def record_event(self, event: torch.Event | None = None) -> torch.Event:
+        self._check_handle()
+        return super().record_event(event)
 
 
 class Event(torch.Event):
@@ -227,14 +277,22 @@ def _stream_triple(stream: torch.Stream) -> tuple[int, int, int]:
     return int(stream.stream_id), int(stream.device_index), _CUDA_TYPE_ENUM
 
 
+def _stream_device(device: int) -> int:
+    """The device of a stream lookup, checked as c10::cuda's stream functions check it (check_gpu)."""
+    index = _resolve_index(device)
+    count = _C.device_count(_TYPE)
+    if not 0 <= index < count:
+        raise RuntimeError(f"Device index value {index} is out of index range [0, {count})")
+    return index
+
+
 def apply_patches() -> None:
     C = torch._C
     patch = REGISTRY.patch_function
 
     @patch(C, "_cuda_getCurrentStream", owner=OWNER)
     def _cuda_getCurrentStream(device: int) -> tuple[int, int, int]:
-        index = _resolve_index(device)
-        _C.check_device(_TYPE, index)
+        index = _stream_device(device)
         # The emulated guard keeps the per-thread, per-device current stream.
         return _stream_triple(torch._C._accelerator_getStream(index))
 
@@ -245,8 +303,7 @@ def apply_patches() -> None:
 
     @patch(C, "_cuda_getDefaultStream", owner=OWNER)
     def _cuda_getDefaultStream(device: int) -> tuple[int, int, int]:
-        index = _resolve_index(device)
-        _C.check_device(_TYPE, index)
+        index = _stream_device(device)
         return 0, index, _CUDA_TYPE_ENUM  # stream id 0 is the default stream (c10::Stream's invariant)
 
     @patch(C, "_cuda_setStream", owner=OWNER)
