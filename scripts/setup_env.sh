@@ -6,9 +6,15 @@
 #   TORCH_VERSION=2.14.1 bash scripts/setup_env.sh  # another torch release: its own venv and build
 #   INTEGRATION=0 bash scripts/setup_env.sh         # skip the libraries of tests/integration
 #
-# Tested torch releases: 2.13.0 (CPU build, the default) and 2.14.1 (the default Linux wheel, a
-# CUDA build, ~5.5 GB). Each gets its own venv and C++ build directory.
+# Tested torch releases: 2.13.0 (CPU build, the default, the oldest supported), 2.14.1 and 2.15.0
+# (the default Linux wheels: CUDA builds of ~5.5 GB; 2.15.0 is the newest release). Each gets its
+# own venv and C++ build directory.
 set -euo pipefail
+
+# Some machines cap pip at the torch releases they keep on disk (a constraints file in pip's
+# global config). Every install below pins torch itself, so that cap is lifted for these calls
+# only: an empty constraints file replaces the configured one.
+export PIP_CONSTRAINT=/dev/null
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

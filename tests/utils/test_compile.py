@@ -179,7 +179,7 @@ def test_torchvision_deterministic_roi_align_backward_equals_cpu_after_a_compile
     try:
         grads = []
         for device in ("cpu", DEVICE, DEVICE):
-            x = image.to(device).requires_grad_()
+            x = image.to(device).detach().requires_grad_()
             roi_align(x, boxes.to(device), (4, 4), 0.5, 2, aligned=True).square().sum().backward()
             grads.append(x.grad.cpu())
     finally:
