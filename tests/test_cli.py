@@ -439,3 +439,60 @@ def test_log_level_option(tmp_path, run_cli):
     quiet = run_cli(["run", "report.py"], cwd=tmp_path)
     assert quiet.returncode == 0, describe(quiet)
     assert quiet.stderr == ""
+
+
+# ------------------------------------------------------------- emulated type from the source
+
+MPS_SCRIPT = """\
+import torch
+x = torch.ones(3, device="mps") * 2  # written for a Mac; cuda appears only in this comment
+print(x.device, x.sum().item())
+"""
+
+
+def test_run_emulates_mps_for_code_written_for_mps(tmp_path, run_cli):
+    write(tmp_path / "train_mps.py", MPS_SCRIPT)
+    proc = run_cli(["run", "--log-level", "info", "train_mps.py"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == "mps:0 6.0\n"
+    info = [line for line in proc.stderr.splitlines() if "uses mps" in line]
+    assert info == ["[torchdevice] INFO train_mps.py uses mps and not cuda: emulating mps "
+                    "(TORCHDEVICE_EMULATE=mps; --emulate cuda overrides)"]
+
+
+def test_run_emulates_mps_for_a_module_written_for_mps(tmp_path, run_cli):
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "__main__.py", MPS_SCRIPT)
+    proc = run_cli(["run", "-m", "app"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout == "mps:0 6.0\n"
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--emulate", "cuda"], {}), ([], {"TORCHDEVICE_EMULATE": "cuda"})],
+                         ids=["option", "environment"])
+def test_an_explicit_emulated_type_wins_over_the_source(tmp_path, run_cli, args, env):
+    write(tmp_path / "train_mps.py", MPS_SCRIPT)
+    proc = run_cli(["run", *args, "train_mps.py"], cwd=tmp_path, env=env)
+    assert proc.returncode == 1, describe(proc)
+    assert proc.stderr.splitlines()[-1] == (
+        "NotImplementedError: aten.empty.memory_format on 'mps': this process emulates cuda, not mps, and PyTorch "
+        "has one accelerator type per process; run MPS-written code with TORCHDEVICE_EMULATE=mps"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "types"),
+    [
+        ('x = torch.ones(1, device="mps")\n', {"mps"}),
+        ("torch.mps.synchronize()\nif torch.backends.mps.is_available(): pass\n", {"mps"}),
+        ("d = 'cuda' if torch.cuda.is_available() else 'mps'\n", {"cuda", "mps"}),
+        ("model.cuda()\n", {"cuda"}),
+        ("torch.backends.cudnn.benchmark = True  # not for 'mps'\n", {"cuda"}),
+        ("x = 1  # torch.mps, 'cuda'\n", set()),
+        ("names = ['mpsx', 'cudart']\n", set()),
+    ],
+)
+def test_source_device_types(tmp_path, source, types):
+    path = write(tmp_path / "s.py", source)
+    assert cli.source_device_types(str(path)) == types

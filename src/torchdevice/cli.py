@@ -24,6 +24,7 @@ import json
 import os
 import pkgutil
 import platform
+import re
 import runpy
 import sys
 import types
@@ -40,8 +41,9 @@ from torchdevice.core import startup as _startup
 PROG = "torchdevice"
 BACKEND_ENV = "TORCH_DEVICE_BACKEND"
 REPORT_ENV = "TORCHDEVICE_REPORT"
+EMULATE_ENV = "TORCHDEVICE_EMULATE"
 # Options of `run` that take a value: the token after them is never the script.
-_RUN_OPTIONS_WITH_VALUE = ("--backend", "--report", "--log-level")
+_RUN_OPTIONS_WITH_VALUE = ("--backend", "--emulate", "--report", "--log-level")
 
 # Exit statuses, as CPython uses them for `python script.py`.
 EXIT_OK = 0
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a script or module with torchdevice active",
         description="Run SCRIPT (or -m MODULE) as `python SCRIPT ARGS...` would, with torchdevice active.",
-        usage=(f"{PROG} run [--backend BACKEND] [--report PATH.json] [--log-level LEVEL] "
+        usage=(f"{PROG} run [--backend BACKEND] [--emulate TYPE] [--report PATH.json] [--log-level LEVEL] "
                "[--include-libraries] (SCRIPT | -m MODULE) [ARGS ...]"),
         allow_abbrev=False,
     )
@@ -77,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=_device.VALID_BACKENDS,
         help=f"where kernels run; sets {BACKEND_ENV} (default: the environment's value, else auto)",
+    )
+    run.add_argument(
+        "--emulate",
+        choices=_device.VALID_EMULATED,
+        metavar="TYPE",
+        help=f"the device type the program sees, {' or '.join(_device.VALID_EMULATED)}; sets {EMULATE_ENV} (default: the environment's value, else mps "
+        "when the target's own source names mps and not cuda (\"mps\", torch.mps, torch.backends.mps against "
+        "\"cuda\", torch.cuda, .cuda(...)), else cuda)",
     )
     run.add_argument(
         "--report",
@@ -201,9 +211,21 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         os.environ[_logger.LEVEL_ENV] = ns.log_level
     if ns.include_libraries:
         os.environ[_callsite.INCLUDE_LIBRARIES_ENV] = "1"
+    emulation_from_source = None
+    if ns.emulate is not None:
+        os.environ[EMULATE_ENV] = ns.emulate
+    elif not os.environ.get(EMULATE_ENV, "").strip():
+        target = _target_file(ns.script, ns.module)
+        if target is not None and source_device_types(target) == {"mps"}:
+            os.environ[EMULATE_ENV] = emulation_from_source = "mps"
     status = _activate("run", ns.backend)
     if status is not None:
         return status
+    if emulation_from_source is not None:
+        _logger.logger.info(
+            "%s uses mps and not cuda: emulating mps (%s=mps; --emulate cuda overrides)",
+            ns.script or ns.module, EMULATE_ENV,
+        )
 
     report = None
     if report_path is not None:
@@ -225,6 +247,49 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             sys.stdout.flush()
             report.finish(exit_status=status)
     return status
+
+
+# What `run` looks for in the target's own source to pick the emulated device type: device
+# strings and the device's own modules. Comments are left out; a string or name that only looks
+# like a use (in a docstring, say) counts too: an explicit --emulate or TORCHDEVICE_EMULATE decides.
+_SOURCE_USES = {
+    "mps": re.compile(r"""["']mps(?::\d+)?["']|\btorch\.mps\b|\btorch\.backends\.mps\b"""),
+    "cuda": re.compile(r"""["']cuda(?::\d+)?["']|\btorch\.cuda\b|\btorch\.backends\.cud(?:a|nn)\b|\.cuda\("""),
+}
+_SOURCE_SCAN_LIMIT = 1 << 20  # bytes: a script's source, not a data file
+
+
+def source_device_types(path: str) -> set[str]:
+    """The accelerator types (``cuda``, ``mps``) the Python source at ``path`` uses by name."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(_SOURCE_SCAN_LIMIT)
+    except OSError:
+        return set()
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return {kind for kind, pattern in _SOURCE_USES.items() if pattern.search(code)}
+
+
+def _target_file(script: str | None, module: str | None) -> str | None:
+    """The source file `run` will execute first, found without importing anything."""
+    if script is not None:
+        if os.path.isdir(script):
+            script = os.path.join(script, "__main__.py")
+        return script if os.path.isfile(script) and not zipfile.is_zipfile(script) else None
+    path = [os.getcwd(), *sys.path[1:]]  # what `python -m` searches (see _run_module)
+    spec = None
+    for part in (module or "").split("."):
+        if path is None:
+            return None  # a module has no submodules
+        spec = importlib.machinery.PathFinder.find_spec(part, path)
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package runs its __main__
+        return _target_file(os.path.join(list(spec.submodule_search_locations)[0], "__main__.py"), None)
+    return spec.origin if spec.origin and spec.origin.endswith(".py") else None
 
 
 def _activate(command: str, backend: str | None = None) -> int | None:

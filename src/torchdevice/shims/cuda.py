@@ -100,9 +100,37 @@ def _checked_index(device: Any) -> int:
     return index
 
 
+# The library that holds the MPS fallback below (a registration lasts as long as its library).
+_mps_hint_library: Any = None
+
+
+def _refuse_mps_naming_the_switch(op: Any, *args: Any, **kwargs: Any) -> None:
+    raise NotImplementedError(
+        f"{op} on 'mps': this process emulates cuda, not mps, and PyTorch has one accelerator type per "
+        "process; run MPS-written code with TORCHDEVICE_EMULATE=mps"
+    )
+
+
+def name_the_mps_switch() -> None:
+    """Make the first op on 'mps' in a process that emulates cuda say how to emulate mps instead.
+
+    Without it, MPS-written code (``device="mps"``) fails with the dispatcher's forty lines
+    ("Could not run 'aten::empty.memory_format' with arguments from the 'MPS' backend"). A
+    boxed fallback for the MPS dispatch key runs only for ops on mps tensors, none of which
+    could run here: ops on cuda and cpu never reach it. Not where a real MPS device exists.
+    """
+    global _mps_hint_library
+    if _mps_hint_library is not None or _device.real_mps_available():
+        return
+    library = torch.library.Library("_", "IMPL")  # "_": a fallback for every namespace
+    library.fallback(_refuse_mps_naming_the_switch, dispatch_key="MPS")
+    _mps_hint_library = library
+
+
 def apply_patches() -> None:
     cuda = torch.cuda
     patch = REGISTRY.patch_function
+    name_the_mps_switch()
 
     @patch(cuda, "is_available", owner=OWNER)
     def is_available() -> bool:
