@@ -312,6 +312,7 @@ def test_info_json_with_no_visible_device(run_cli):
          ["run", "--report", "r.json", "--log-level", "debug", "s.py"], ["--report", "x"]),
         (["run", "--include-libraries", "-m", "pkg", "--include-libraries"],
          ["run", "--include-libraries", "-m", "pkg"], ["--include-libraries"]),
+        (["run", "--emulate", "mps", "s.py", "--emulate"], ["run", "--emulate", "mps", "s.py"], ["--emulate"]),
         (["run"], ["run"], []),
         (["info", "--json"], ["info", "--json"], []),
     ],
@@ -324,8 +325,10 @@ def test_version_and_help_exit_zero(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"torchdevice {torchdevice.__version__}"
     assert cli.main(["run", "--help"]) == 0
-    assert ("usage: torchdevice run [--backend BACKEND] [--report PATH.json] [--log-level LEVEL] "
-            "[--include-libraries] (SCRIPT | -m MODULE) [ARGS ...]") in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert ("usage: torchdevice run [--backend BACKEND] [--emulate TYPE] [--report PATH.json] [--log-level LEVEL] "
+            "[--include-libraries] (SCRIPT | -m MODULE) [ARGS ...]") in help_text
+    assert "sets TORCHDEVICE_EMULATE (default: the environment's value, else mps" in " ".join(help_text.split())
     assert cli.main(["report", "--help"]) == 0
     assert "usage: torchdevice report [-h] PATH.json" in capsys.readouterr().out
     assert cli.main(["info", "--help"]) == 0

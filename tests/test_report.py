@@ -384,17 +384,6 @@ def test_report_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
-def test_report_write_without_unnamed_files(tmp_path, monkeypatch):
-    """Where O_TMPFILE is missing (not Linux, some file systems), a named temporary file, renamed."""
-    from torchdevice import report
-
-    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
-    out = tmp_path / "r.json"
-    report.write({"schema": report.SCHEMA}, str(out))
-    assert json.loads(out.read_text()) == {"schema": report.SCHEMA}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
-
-
 def test_report_write_removes_temporaries_of_processes_that_are_gone(tmp_path):
     from torchdevice import report
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import glob
 import json
 import linecache
 import logging
@@ -813,40 +814,19 @@ _TEMPORARY_SUFFIX = ".tmp"
 def write(data: dict[str, Any], path: str) -> None:
     """Write the report atomically: a reader sees the old file or the whole new one.
 
-    A process can end at any instant (``os._exit`` from another thread, a signal), so the data
-    is written into a file with no name (``O_TMPFILE``) that is named only once complete, just
-    before it replaces ``path``; where the file system cannot do that, a named temporary file.
-    Either way, temporaries that processes which no longer exist left next to ``path`` are removed.
+    A process can end at any instant (``os._exit`` from another thread, a signal). The JSON is
+    made before any file exists, so the temporary file lives only for one write and a rename;
+    what a process that ended in between left next to ``path`` is removed by the next write.
     """
-    text = json.dumps(data, indent=2) + "\n"  # before any file exists: the slow part
+    text = json.dumps(data, indent=2) + "\n"  # the slow part, before any file exists
     _remove_stale_temporaries(path)
     tmp = f"{path}{_TEMPORARY_SUFFIX}{os.getpid()}"
-    if not _write_unnamed(text, os.path.dirname(os.path.abspath(path)), tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
-def _write_unnamed(text: str, directory: str, name: str) -> bool:
-    """Write ``text`` into a new file of ``directory`` that gets ``name`` once complete; False if unsupported."""
-    try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
-    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
-        return False
-    try:
-        with open(fd, "w", encoding="utf-8", closefd=False) as f:
-            f.write(text)
-        os.link(f"/proc/self/fd/{fd}", name)
-    except OSError:  # no /proc to name it through
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 def _remove_stale_temporaries(path: str) -> None:
-    import glob
-
     for tmp in glob.glob(glob.escape(path) + _TEMPORARY_SUFFIX + "*"):
         pid = tmp[len(path) + len(_TEMPORARY_SUFFIX):]
         # This process's own name is stale too: it writes one report, and a file of that name
