@@ -29,6 +29,7 @@ Activation activate(c10::DeviceType type, int count, c10::DeviceType runner) {
     install_cuda_profiler_stubs();
     // One accelerator per process: emulated cuda, as on an NVIDIA machine.
     if (runner == c10::DeviceType::MPS) install_disabled_mps_hooks();
+    register_mps_hint_guard();
   } else {
     result.hooks_route = install_mps_hooks();
     // One accelerator per process: MPS, as on a Mac (a CUDA build's real hooks would claim CUDA

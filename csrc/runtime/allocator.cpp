@@ -128,6 +128,8 @@ size_t pool_of(size_t nbytes) {
   return static_cast<size_t>(nbytes <= kSmallSize ? StatType::SMALL_POOL : StatType::LARGE_POOL);
 }
 
+} // namespace
+
 // TORCHDEVICE_TOTAL_MEMORY: bytes, or a number with a binary unit ("24GB", "24GiB", "24G",
 // "512MB", "0.5 TB"): GPUs are sold by binary sizes, and CUDA reports them so. The grammar and the
 // messages are those of parse_memory_size in torchdevice/core/device.py, which checks the value
@@ -187,6 +189,8 @@ size_t parse_memory_size(const std::string& text) {
   if (bytes > Wide(std::numeric_limits<size_t>::max())) refuse("is more than 2^64-1 bytes");
   return static_cast<size_t>(bytes);
 }
+
+namespace {
 
 size_t default_total_memory() {
   // Report what the host really has: a limit the emulated device cannot honour would lie.

@@ -14,9 +14,14 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace torchdevice {
+
+// TORCHDEVICE_TOTAL_MEMORY's value in bytes ("24GB", "512 MiB", "25769803776"); raises c10::Error
+// naming the value and the valid forms (the grammar of core/device.py's parse_memory_size).
+size_t parse_memory_size(const std::string& text);
 
 class EmulatedAllocator final : public c10::DeviceAllocator {
  public:

@@ -147,6 +147,31 @@ c10::StreamId new_stream_id() {
   return g_next_stream_id.fetch_add(1, std::memory_order_relaxed);
 }
 
+// PyTorch has one accelerator type per process, and MPS-written code meets the emulated cuda's
+// process without an MPS guard: `x.to("mps")` then fails in c10 with "PyTorch is not linked
+// with support for mps devices", which does not say what to do. This guard says it. It has no
+// devices, so nothing enumerates it (autograd starts no device thread for it); ops on mps
+// tensors are refused by the MPS-key fallback (shims/cuda.py) with the same advice.
+class MpsHintGuardImpl final : public c10::impl::NoOpDeviceGuardImpl<c10::DeviceType::MPS> {
+ public:
+  c10::Device exchangeDevice(c10::Device) const override { refuse(); }
+  c10::Device getDevice() const override { refuse(); }
+  void setDevice(c10::Device) const override { refuse(); }
+  c10::DeviceIndex deviceCount() const noexcept override { return 0; }
+
+ private:
+  [[noreturn]] static void refuse() {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "device 'mps': this process emulates cuda, not mps, and PyTorch has one "
+                                "accelerator type per process; run MPS-written code with TORCHDEVICE_EMULATE=mps");
+  }
+};
+
+void register_mps_hint_guard() {
+  if (c10::impl::hasDeviceGuardImpl(c10::DeviceType::MPS)) return;  // a torch with MPS (macOS)
+  static auto* hint = new MpsHintGuardImpl();
+  c10::impl::DeviceGuardImplRegistrar(c10::DeviceType::MPS, hint);
+}
+
 void register_guard(c10::DeviceType type) {
   // Registration is an atomic store into c10's per-type table, so re-registering over a
   // real CUDA guard (CUDA wheel, no GPU) is clean.

@@ -11,6 +11,10 @@ namespace torchdevice {
 
 void register_guard(c10::DeviceType type);
 
+// In a process that emulates cuda on a torch without MPS: a guard for 'mps' that only says how
+// to emulate mps instead (see guard.cpp). Does nothing where torch has an MPS guard of its own.
+void register_mps_hint_guard();
+
 // Stream ids handed out by getNewStream/getStreamFromGlobalPool; 0 is the default stream.
 c10::StreamId new_stream_id();
 

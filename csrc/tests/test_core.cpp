@@ -205,6 +205,32 @@ void test_caching_model_merges_and_releases() {
   EXPECT(!model.allocate(&a, 30 << 20, 16 << 20) && s.num_alloc_retries == 1 && model.reserved() == 0);
 }
 
+// TORCHDEVICE_TOTAL_MEMORY's grammar: exact binary units; nothing under a byte or over 2^64-1.
+void test_memory_sizes() {
+  using torchdevice::parse_memory_size;
+  EXPECT(parse_memory_size("25769803776") == 25769803776ull);
+  EXPECT(parse_memory_size("24GB") == (24ull << 30) && parse_memory_size("24 GiB") == (24ull << 30));
+  EXPECT(parse_memory_size("0.5 tb") == (1ull << 39) && parse_memory_size("512m") == (512ull << 20));
+  EXPECT(parse_memory_size("18446744073709551615") == UINT64_MAX);
+  for (const char* bad : {"banana", "0", "0.1", "inf", "nan", "1e30", "-5", "18446744073709551616", "16EB", ""}) {
+    EXPECT(throws([&] { parse_memory_size(bad); }));
+  }
+}
+
+// The emulated cuda's process has a guard for 'mps' only to say how to emulate mps instead.
+void test_mps_hint_guard() {
+  EXPECT(c10::impl::hasDeviceGuardImpl(c10::DeviceType::MPS));
+  const auto* mps = c10::impl::getDeviceGuardImpl(c10::DeviceType::MPS);
+  EXPECT(mps->deviceCount() == 0);
+  bool named = false;
+  try {
+    mps->exchangeDevice(c10::Device(c10::DeviceType::MPS, 0));
+  } catch (const c10::NotImplementedError& e) {
+    named = std::string(e.what()).find("TORCHDEVICE_EMULATE=mps") != std::string::npos;
+  }
+  EXPECT(named);
+}
+
 int main() {
   torchdevice::activate(kCUDA, 2);
   const std::vector<std::pair<std::string, std::function<void()>>> tests = {
@@ -218,6 +244,8 @@ int main() {
       {"stat_lock_excludes", test_stat_lock_excludes},
       {"allocator_counters_from_threads", test_allocator_counters_from_threads},
       {"caching_model_merges_and_releases", test_caching_model_merges_and_releases},
+      {"memory_sizes", test_memory_sizes},
+      {"mps_hint_guard", test_mps_hint_guard},
   };
   int failed_tests = 0;
   for (const auto& [name, fn] : tests) {
