@@ -50,7 +50,7 @@ if [[ "$INTEGRATION" == "1" ]]; then
   # torchvision is paired with one torch release each; on the CUDA wheel its CUDA kernels (loaded
   # after activation) are what tests/ops/test_extensions.py checks never run.
   case "$TORCH_VERSION" in
-    2.14.1) TORCHVISION_VERSION="0.29.1" ;;
+    2.14.1) TORCHVISION_VERSION="0.29.2" ;;
     *) TORCHVISION_VERSION="" ;;
   esac
   if [[ -n "$TORCHVISION_VERSION" ]]; then
