@@ -7,11 +7,11 @@ the others call ``torch.cuda.current_device`` and friends through them).
 
 from __future__ import annotations
 
-from torchdevice.ops import (amp, autograd, device, distributed, dtensor_random, extensions, graphs, host, legacy_types,
+from torchdevice.ops import (amp, autograd, comm, device, distributed, dtensor_random, extensions, graphs, host, legacy_types,
                              memory, memory_history, profiler, random, storage, streams)
 
-MODULES = (device, memory, memory_history, storage, legacy_types, streams, graphs, random, amp, autograd, host, distributed, dtensor_random,
-           extensions, profiler)
+MODULES = (device, memory, memory_history, storage, legacy_types, streams, graphs, random, amp, autograd, host, comm, distributed,
+           dtensor_random, extensions, profiler)
 
 
 def apply_patches() -> None:
