@@ -1,6 +1,7 @@
 #include "dispatch/standin.h"
 
 #include "runtime/allocator.h"
+#include "runtime/device.h"
 #include "runtime/hot_path.h"
 #include "runtime/internals.h"
 
@@ -49,6 +50,7 @@ at::Tensor StandIns::make_owned(at::Tensor t) {
 }
 
 at::Tensor StandIns::add(const at::Tensor* borrowed, at::Tensor owned) {
+  check_not_forked();
   int32_t owned_index = -1;
   if (!borrowed) {
     owned_index = static_cast<int32_t>(owned_.size());
@@ -202,6 +204,7 @@ C10_NOINLINE ReusedStandIn* StandIns::refill_slot(const at::Tensor& t, ReusedSta
 }
 
 TORCHDEVICE_HOT StandInRef StandIns::make_reused(const at::Tensor& t) {
+  check_not_forked();
   c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   // unsafe_storage(): no virtual call; tensors without a storage (sparse) take make().
   c10::StorageImpl* original = impl->unsafe_storage().unsafeGetStorageImpl();

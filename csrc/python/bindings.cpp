@@ -14,6 +14,7 @@
 #include <ATen/native/Resize.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/csrc/Generator.h>
+#include <torch/csrc/utils/device_lazy_init.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <unordered_set>
@@ -182,6 +183,12 @@ PYBIND11_MODULE(_C, m) {
   // What torch._C._cuda_init does: ATen's per-device "initialized" flag, which is_pinned() and
   // others consult before asking the hooks (an uninitialized device has no pinned memory).
   m.def("lazy_init_device", [](const std::string& type) { at::globalContext().lazyInitDevice(parse_type(type)); });
+  // torch's poison_fork for the emulated device: the next Python-level CUDA use runs
+  // torch.cuda._lazy_init again (which raises in a bad fork), and ops on inherited tensors fail.
+  m.def("poison_after_fork", [](const std::string& type) {
+    torch::utils::set_requires_device_init(parse_type(type), true);
+    torchdevice::poison_after_fork();
+  });
   m.def("set_device_count", [](const std::string& type, int n) { torchdevice::set_device_count(parse_type(type), n); });
   m.def("current_device", [](const std::string& type) { return int(torchdevice::current_device(parse_type(type))); });
   m.def("set_device", [](const std::string& type, int index) {

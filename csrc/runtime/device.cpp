@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <string>
 
 namespace torchdevice {
 namespace {
@@ -29,6 +30,17 @@ void set_device_count(c10::DeviceType type, int count) {
   g_device_count[slot(type)].store(count, std::memory_order_relaxed);
 }
 
+// The type (torch.AcceleratorError) and text C10_CUDA_CHECK gives for a CUDA error `code`.
+[[noreturn]] void raise_cuda_error(int code, const std::string& description) {
+  throw c10::AcceleratorError(
+      {__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, code,
+      "CUDA error: " + description +
+          "CUDA kernel errors might be asynchronously reported at some other API call, "
+          "so the stacktrace below might be incorrect.\n"
+          "For debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
+          "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n");
+}
+
 void check_device_index(c10::DeviceType type, c10::DeviceIndex index) {
   if (C10_LIKELY(index >= 0 && index < device_count(type))) {
     return;
@@ -38,16 +50,8 @@ void check_device_index(c10::DeviceType type, c10::DeviceIndex index) {
       // What torch._C._cuda_init raises on a machine whose CUDA sees no device.
       TORCH_CHECK(false, "No CUDA GPUs are available");
     }
-    // The text and type (torch.AcceleratorError) real CUDA gives for cudaErrorInvalidDevice.
-    throw c10::AcceleratorError(
-        {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-        /*cudaErrorInvalidDevice=*/101,
-        "CUDA error: invalid device ordinal\n"
-        "GPU device may be out of range, do you have enough GPUs?\n"
-        "CUDA kernel errors might be asynchronously reported at some other API call, "
-        "so the stacktrace below might be incorrect.\n"
-        "For debugging consider passing CUDA_LAUNCH_BLOCKING=1\n"
-        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n");
+    raise_cuda_error(/*cudaErrorInvalidDevice=*/101,
+                     "invalid device ordinal\nGPU device may be out of range, do you have enough GPUs?\n");
   }
   TORCH_CHECK_INDEX(false, "Invalid device index ", int(index), " for ", c10::DeviceTypeName(type, true),
                     ": ", device_count(type), " device(s) available");
@@ -72,6 +76,16 @@ void check_dtype_supported(c10::DeviceType type, c10::ScalarType dtype) {
                      "Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
                      "Please use float32 instead.");
   }
+}
+
+std::atomic<bool> g_poisoned_by_fork{false};
+
+void poison_after_fork() {
+  g_poisoned_by_fork.store(true, std::memory_order_relaxed);
+}
+
+void raise_forked_child_error() {
+  raise_cuda_error(/*cudaErrorInitializationError=*/3, "initialization error\n");
 }
 
 c10::Device resolve_device(c10::Device device) {

@@ -71,8 +71,7 @@ def _activate() -> None:
 
         _cuda_shims.apply_patches()
         _ops.apply_patches()
-        if plan.device_count > 0:
-            torch.cuda._lazy_init()
+        # CUDA itself initializes on first use (torch.cuda.is_initialized() is False until then).
     from torchdevice.core import shutdown as _shutdown
 
     # Registered now, before user code adds exit handlers, so it runs after theirs.

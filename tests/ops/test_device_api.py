@@ -105,6 +105,7 @@ def test_backends_cuda_flags_settable():
 
 
 def test_device_queries():
+    torch.cuda.init()
     assert torch.cuda.is_available() and torch.cuda.is_initialized()
     assert torch.cuda.device_count() == 1 and torch.cuda.current_device() == 0
     assert torch.cuda.can_device_access_peer(0, 0) is False  # as cudaDeviceCanAccessPeer(d, d)

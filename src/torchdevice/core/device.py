@@ -82,6 +82,11 @@ def emulated_device_count() -> int:
     process (LOCAL_WORLD_SIZE), as a GPU node for ``--nproc_per_node`` would have, so
     ``torch.cuda.set_device(local_rank)`` finds its device; otherwise one device.
     """
+    return visible_device_count(physical_device_count())
+
+
+def physical_device_count() -> int:
+    """The devices of the emulated machine, before CUDA_VISIBLE_DEVICES narrows them."""
     raw = os.environ.get("TORCHDEVICE_DEVICE_COUNT", "").strip()
     try:
         physical = int(raw) if raw else _local_world_size() or DEFAULT_DEVICE_COUNT
@@ -89,6 +94,11 @@ def emulated_device_count() -> int:
         raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={raw!r} is not an integer") from None
     if not 0 <= physical <= MAX_DEVICE_COUNT:
         raise ValueError(f"TORCHDEVICE_DEVICE_COUNT={physical} is out of range; choose 0 to {MAX_DEVICE_COUNT}")
+    return physical
+
+
+def visible_device_count(physical: int) -> int:
+    """How many of ``physical`` devices CUDA_VISIBLE_DEVICES (as it is now) lets the process see."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return physical

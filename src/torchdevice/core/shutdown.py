@@ -45,6 +45,13 @@ def drain_autograd_device_threads(device_types: Sequence[str], device_count: int
 
 
 def _drain_at_exit(device_types: tuple[str, ...], device_count: int) -> None:
+    import torch
+
+    # A program that never used cuda has no worker to drain, and must not initialize CUDA now
+    # (in a forked child of an initialized parent that would raise).
+    device_types = tuple(t for t in device_types if t != "cuda" or torch.cuda.is_initialized())
+    if not device_types:
+        return
     try:
         drain_autograd_device_threads(device_types, device_count)
     except Exception:  # noqa: BLE001 - exit must go on; a failure here only loses the safeguard

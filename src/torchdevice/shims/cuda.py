@@ -132,44 +132,74 @@ def apply_patches() -> None:
     patch = REGISTRY.patch_function
     name_the_mps_switch()
 
+    physical = _device.physical_device_count()
+    visible = _VisibleDevices(physical)
+
     @patch(cuda, "is_available", owner=OWNER)
     def is_available() -> bool:
-        return _C.device_count(_TYPE) > 0
+        return visible.count() > 0
 
     @patch(cuda, "device_count", owner=OWNER)
     def device_count() -> int:
-        return _C.device_count(_TYPE)
+        return visible.count()
 
     # Lightning/accelerate set PYTORCH_NVML_BASED_CUDA_CHECK=1, which routes through NVML.
     for name in ("_device_count_nvml", "_device_count_amdsmi"):
         if hasattr(cuda, name):
             REGISTRY.patch(cuda, name, _distinct(device_count, name), owner=OWNER)
 
+    @patch(cuda, "_is_in_bad_fork", owner=OWNER)
+    def _is_in_bad_fork() -> bool:
+        return _fork.in_bad_fork
+
     @patch(cuda, "is_initialized", owner=OWNER)
     def is_initialized() -> bool:
-        return bool(cuda._initialized)
+        return bool(cuda._initialized) and not _fork.in_bad_fork
 
     @patch(cuda, "_lazy_init", owner=OWNER)
     def _lazy_init() -> None:
-        if cuda._initialized or getattr(cuda._tls, "is_initializing", False):
+        # torch.cuda._lazy_init's steps, with the emulated device's torch._C._cuda_init.
+        if is_initialized() or hasattr(cuda._tls, "is_initializing"):
             return
-        if _C.device_count(_TYPE) == 0:
-            raise RuntimeError("No CUDA GPUs are available")
-        cuda._tls.is_initializing = True
-        try:
+        with cuda._initialization_lock:
+            if is_initialized():
+                return
+            if _fork.in_bad_fork:
+                raise RuntimeError(
+                    "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use "
+                    "the 'spawn' start method"
+                )
+            if visible.count() == 0:
+                raise RuntimeError("No CUDA GPUs are available")
             _C.lazy_init_device(_TYPE)  # torch._C._cuda_init's part: ATen's initialized flag
             cuda.default_generators = tuple(_C.default_generator(_TYPE, i) for i in range(_C.device_count(_TYPE)))
+            cuda._tls.is_initializing = True  # queued calls may call _lazy_init again: they return at once
+            seeds = getattr(cuda, "_lazy_seed_tracker", None)
+            if seeds is not None:
+                cuda._queued_calls.extend(calls for calls in seeds.get_calls() if calls)
+            try:
+                # Calls deferred before initialisation (manual_seed, ...) run now, as on a GPU.
+                for queued_call, orig_traceback in cuda._queued_calls:
+                    try:
+                        queued_call()
+                    except Exception as e:
+                        msg = (f"CUDA call failed lazily at initialization with error: {e}\n\n"
+                               f"CUDA call was originally invoked at:\n\n{''.join(orig_traceback)}")
+                        raise cuda.DeferredCudaCallError(msg) from e
+            finally:
+                del cuda._tls.is_initializing
             cuda._initialized = True
-            # Calls deferred before initialisation (manual_seed, ...) run now, as on a GPU.
-            for queued_call, orig_traceback in cuda._queued_calls:
-                try:
-                    queued_call()
-                except Exception as e:
-                    msg = f"CUDA call failed lazily at initialization with error: {e}\n\nCUDA call was originally invoked at:\n\n{''.join(orig_traceback)}"
-                    raise cuda.DeferredCudaCallError(msg) from e
-            cuda._queued_calls.clear()
-        finally:
-            cuda._tls.is_initializing = False
+
+    # torch.cuda.random and torch.cuda.memory imported these by name: theirs must be ours too
+    # (torch's _lazy_init would call torch._C._cuda_init: missing on a CPU build, real CUDA on a wheel).
+    for module in (cuda.random, cuda.memory):
+        for fn in (_lazy_init, is_initialized):
+            if hasattr(module, fn.__name__):
+                REGISTRY.patch(module, fn.__name__, fn, owner=OWNER)
+
+    if not _fork.handler_registered:
+        _fork.handler_registered = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
     @patch(cuda, "current_device", owner=OWNER)
     def current_device() -> int:
@@ -217,6 +247,39 @@ def apply_patches() -> None:
         return props.major, props.minor
 
     REGISTRY.patch(torch.backends.cuda, "is_built", _distinct(lambda: True, "is_built"), owner=OWNER)
+
+
+class _VisibleDevices:
+    """The device count as CUDA settles it: CUDA_VISIBLE_DEVICES is read when the program first
+    asks for devices (device_count, is_available, initialization), not at ``import torch``, so a
+    program may still set it after the import (PyTorch's own test_lazy_init does)."""
+
+    def __init__(self, physical: int) -> None:
+        self.physical = physical
+        self.settled: int | None = None
+
+    def count(self) -> int:
+        if self.settled is None:
+            self.settled = _device.visible_device_count(self.physical)
+            _C.set_device_count(_TYPE, self.settled)
+        return self.settled
+
+
+class _ForkState:
+    in_bad_fork = False
+    handler_registered = False
+
+
+_fork = _ForkState()
+
+
+def _after_fork_in_child() -> None:
+    # CUDA's context does not survive fork: a child of a process that initialized CUDA gets CUDA's
+    # errors on its first CUDA use (torch's poison_fork, for the emulated device), while a child
+    # forked before initialization may use cuda as the parent could.
+    if torch.cuda._initialized and not _fork.in_bad_fork:
+        _fork.in_bad_fork = True
+        _C.poison_after_fork(_TYPE)
 
 
 def _distinct(fn, name: str):
