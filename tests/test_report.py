@@ -417,3 +417,31 @@ def test_a_process_ending_while_the_report_is_written_leaves_no_file(tmp_path, r
     proc = run_python([str(script)], cwd=tmp_path)
     assert proc.returncode == 7, describe(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dies.py"]
+
+
+
+FORKS = """
+import os, sys
+import torch
+
+pid = os.fork()
+if pid == 0:
+    torch.ones(2).add_(1)
+    sys.exit(0)  # a normal exit: the child runs the exit handlers it inherited
+os.waitpid(pid, 0)
+print(os.getpid(), pid)
+"""
+
+
+@pytest.mark.parametrize("template", ["r.json", "r-{pid}.json"])
+def test_a_forked_child_never_writes_over_its_parents_report(tmp_path, run_python, template):
+    script = write(tmp_path / "forks.py", FORKS)
+    env = {"TORCH_DEVICE_BACKEND": "cpu", "TORCHDEVICE_REPORT": str(tmp_path / template), "TORCHDEVICE_REPORT_OPS": "0"}
+    proc = run_python([str(script)], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    parent, child = map(int, proc.stdout.split()[-2:])
+    reports = {p.name: json.loads(p.read_text())["pid"] for p in tmp_path.glob("r*.json")}
+    if "{pid}" in template:  # one report per process, each under its own pid
+        assert reports == {f"r-{parent}.json": parent, f"r-{child}.json": child}
+    else:
+        assert reports == {"r.json": parent}

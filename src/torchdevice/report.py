@@ -75,6 +75,8 @@ class Report:
     def __init__(self, include_libraries: bool, path: str | None) -> None:
         self.include_libraries = include_libraries
         self.path = path
+        # The path as given, before {pid}/{rank} expansion: what a forked child writes to.
+        self.path_template = path
         self.sites: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.started = time.time()
@@ -85,6 +87,7 @@ class Report:
 _active: Report | None = None
 _installed = False
 _atexit_registered = False
+_fork_handler_registered = False
 
 
 def active() -> Report | None:
@@ -652,12 +655,14 @@ _OpCensus = Any  # the mode's class is built with torch at hand; see _make_censu
 # ------------------------------------------------------------------------------- lifecycle
 
 
-def start(path: str | None = None, include_libraries: bool | None = None, ops: bool | None = None) -> Report:
+def start(path: str | None = None, include_libraries: bool | None = None, ops: bool | None = None,
+          path_template: str | None = None) -> Report:
     """Start recording (installs the wrappers, and the op census when ``ops``); returns the report.
 
-    ``path``: where :func:`finish` writes the JSON (None: nothing is written, as for DEBUG tracing).
+    ``path``: where :func:`finish` writes the JSON (None: nothing is written, as for DEBUG tracing);
+    ``path_template``: that path before :func:`expand_path`, if it was expanded.
     """
-    global _active
+    global _active, _fork_handler_registered
     if ops is None:
         ops = path is not None and os.environ.get(OPS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     report = _active
@@ -668,12 +673,27 @@ def start(path: str | None = None, include_libraries: bool | None = None, ops: b
         _install()
     elif path is not None and report.path is None:
         report.path = path  # DEBUG tracing was on already: it becomes this report
+    if path is not None:
+        report.path_template = path_template or path
+    if not _fork_handler_registered:
+        _fork_handler_registered = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
     if ops and report.census is None:
         mode = _make_census(report)
         mode.__enter__()
         report.census = mode
     _active = report
     return report
+
+
+def _after_fork_in_child() -> None:
+    # A child of os.fork() inherits the report and the exit handler that writes it: one report per
+    # process, so the child writes its own file where the path has {pid}, and nothing otherwise
+    # (it would overwrite its parent's).
+    report = _active
+    if report is not None and report.path is not None:
+        template = report.path_template or report.path
+        report.path = expand_path(template) if "{pid}" in template else None
 
 
 def stop() -> dict[str, Any] | None:
@@ -948,6 +968,7 @@ def _finish_at_exit() -> None:
 def start_from_env(path: str | None) -> Report:
     """The report ``TORCHDEVICE_REPORT`` asks for (written at exit), or DEBUG tracing without one."""
     global _atexit_registered
+    template = path
     if path is not None:
         path = expand_path(path)
         try:
@@ -957,7 +978,7 @@ def start_from_env(path: str | None) -> Report:
                 path = None  # a worker (DataLoader, spawn): the parent writes the report, not each child
         except Exception:  # noqa: BLE001
             pass
-    report = start(path)
+    report = start(path, path_template=template)
     if path is not None and not _atexit_registered:
         _atexit_registered = True
         from torchdevice.core.patch import REGISTRY
