@@ -13,6 +13,7 @@
 #include <ATen/core/ivalue.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <string_view>
 
 namespace torchdevice::dispatch {
@@ -134,6 +135,20 @@ class CallState {
   c10::SmallVector<at::Tensor, 4> host_inputs_;
 };
 
+// How many elements the op's tensor results hold: what a random op drew, as CUDA counts it.
+uint64_t elements_returned(const torch::jit::Stack& stack, size_t num_returns) {
+  uint64_t count = 0;
+  for (size_t i = stack.size() - num_returns; i < stack.size(); ++i) {
+    const c10::IValue& r = stack[i];
+    if (r.isTensor()) {
+      if (r.toTensor().defined()) count += static_cast<uint64_t>(r.toTensor().numel());
+    } else if (r.isTensorList()) {
+      for (const at::Tensor& t : r.toTensorList()) count += t.defined() ? static_cast<uint64_t>(t.numel()) : 0;
+    }
+  }
+  return count;
+}
+
 // Quantized tensors (deprecated in PyTorch) have no emulated QuantizedCUDA backend: every op on
 // one would fail later with "Could not run ... 'QuantizedCUDA' backend", so their creation fails
 // now, saying why (creation with a device= goes to that backend and fails there the same way).
@@ -192,11 +207,18 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
   // (A device runner's kernels draw from the runner's default generator, which *is* the
   // emulated default generator's state: only explicit generators need mapping there.)
   std::optional<DefaultGeneratorRedirect> redirect;
+  // The emulated generators this op draws from: each moves its Philox offset on afterwards.
+  c10::SmallVector<EmulatedGenerator*, 2> drawn;
+  auto draws_from = [&drawn](const at::Generator& gen) {
+    auto* impl = static_cast<EmulatedGenerator*>(gen.unsafeGetGeneratorImpl());
+    if (std::find(drawn.begin(), drawn.end(), impl) == drawn.end()) drawn.push_back(impl);
+  };
   if (call.has_emulated_input() && (call.has_generator_argument() ||
                                     (runner.is_cpu() && op.hasTag(at::Tag::nondeterministic_seeded)))) {
     const at::Generator& device_default = default_generator(kType, call.device().index());
     if (runner.is_cpu() && op.hasTag(at::Tag::nondeterministic_seeded)) {
       redirect.emplace(host_generator_of(device_default));
+      draws_from(device_default);
     }
     for (size_t i = 0; i < num_args; ++i) {
       c10::IValue& v = (*stack)[first_arg + i];
@@ -206,8 +228,10 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
         TORCH_CHECK(gen.device().type() == kType, "Expected a '", c10::DeviceTypeName(kType, /*lower_case=*/true),
                     "' device type for generator but found '", c10::DeviceTypeName(gen.device().type(), true), "'");
         const bool is_default = gen.unsafeGetGeneratorImpl() == device_default.unsafeGetGeneratorImpl();
+        draws_from(gen);
         v = redirect && is_default ? at::detail::getDefaultCPUGenerator() : host_generator_of(gen);
       } else if (runner.is_cpu() && !redirect && v.isNone() && is_optional_generator(args[i])) {
+        draws_from(device_default);
         v = host_generator_of(device_default);
       }
     }
@@ -218,6 +242,10 @@ void emulated_fallback(const c10::OperatorHandle& op, c10::DispatchKeySet /*keys
     op.redispatchBoxed(c10::DispatchKeySet(runner.key()), stack);
   }
   redirect.reset();
+  if (!drawn.empty()) {
+    const uint64_t count = elements_returned(*stack, schema.returns().size());
+    for (EmulatedGenerator* gen : drawn) gen->advance(count);
+  }
 
   for (const auto& [standin, original] : mutated) {
     call.standins.sync_back(standin, original);

@@ -6,12 +6,20 @@
 // On the cpu runner it is a private CPU generator (seeding the CPU default generator never
 // changes cuda draws, and vice versa); on a device runner the emulated default generator wraps
 // the runner's default generator, which that runner's kernels draw from without an argument.
+//
+// Emulated cuda on the cpu runner keeps CUDA's state format: a seed and a Philox offset, the 16
+// bytes of get_state/set_state, which random ops advance (advance()). The CPU generator behind
+// it is always "at" (seed, offset): seeding gives the CPU's own stream for that seed, a state
+// this process handed out restores to exactly the numbers that followed it, and any other state
+// (one saved on a GPU, or in another process) to a CPU generator seeded from (seed, offset).
 #pragma once
 
 #include <ATen/core/Generator.h>
 #include <c10/core/GeneratorImpl.h>
 
 namespace torchdevice {
+
+struct GeneratorState;  // generator.cpp
 
 class EmulatedGenerator final : public c10::GeneratorImpl {
  public:
@@ -24,13 +32,20 @@ class EmulatedGenerator final : public c10::GeneratorImpl {
   uint64_t seed() override;
   void set_state(const c10::TensorImpl& new_state) override;
   c10::intrusive_ptr<c10::TensorImpl> get_state() const override;
+  void graphsafe_set_state(const c10::intrusive_ptr<c10::GeneratorImpl>& state) override;
+  c10::intrusive_ptr<c10::GeneratorImpl> graphsafe_get_state() const override;
 
   // The runner generator that holds the state; what the runner's kernels receive.
-  const at::Generator& host_generator() const { return host_; }
+  const at::Generator& host_generator() const;
+
+  // After a random op drew `count` numbers from this generator: the Philox offset moves on, as a
+  // CUDA kernel moves it (by the numbers drawn, in CUDA's multiples of 4).
+  void advance(uint64_t count);
 
  private:
+  EmulatedGenerator(c10::Device device, c10::intrusive_ptr<GeneratorState> state);
   EmulatedGenerator* clone_impl() const override;
-  mutable at::Generator host_;  // mutable: its mutex is taken in const accessors
+  c10::intrusive_ptr<GeneratorState> state_;
 };
 
 // While alive, the CPU default generator holds `gen`'s state (and `gen` is parked), so CPU

@@ -5,10 +5,12 @@
 #include "runtime/allocator.h"
 #include "runtime/caching_model.h"
 #include "runtime/device.h"
+#include "runtime/generator.h"
 #include "runtime/runner.h"
 #include "runtime/stat_lock.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
@@ -231,6 +233,25 @@ void test_mps_hint_guard() {
   EXPECT(named);
 }
 
+// CUDA's state format: 16 bytes of (seed, offset); random ops advance the offset by what they
+// returned (multiples of 4), and a handed-out state replays the numbers that followed it.
+void test_generator_philox_state() {
+  at::Generator gen = torchdevice::new_generator(kCUDA, 0);
+  gen.set_current_seed(42);
+  const at::Tensor state = gen.get_state();
+  EXPECT(state.numel() == 16 && state.scalar_type() == at::kByte);
+  EXPECT(gen.current_seed() == 42 && gen.get_offset() == 0);
+  const auto opts = at::TensorOptions().device(kCUDA);
+  const at::Tensor first = at::randn({10}, gen, opts);
+  EXPECT(gen.get_offset() == 12);
+  gen.set_state(state.clone());
+  EXPECT(at::equal(at::randn({10}, gen, opts).cpu(), first.cpu()));
+  // The seed's stream is the CPU's for that seed.
+  EXPECT(at::equal(first.cpu(), at::randn({10}, at::make_generator<at::CPUGeneratorImpl>(42))));
+  EXPECT(throws([&] { gen.set_offset(6); }));
+  EXPECT(throws([&] { gen.set_state(at::zeros({5}, at::kByte)); }));
+}
+
 int main() {
   torchdevice::activate(kCUDA, 2);
   const std::vector<std::pair<std::string, std::function<void()>>> tests = {
@@ -246,6 +267,7 @@ int main() {
       {"caching_model_merges_and_releases", test_caching_model_merges_and_releases},
       {"memory_sizes", test_memory_sizes},
       {"mps_hint_guard", test_mps_hint_guard},
+      {"generator_philox_state", test_generator_philox_state},
   };
   int failed_tests = 0;
   for (const auto& [name, fn] : tests) {

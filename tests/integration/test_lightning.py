@@ -52,3 +52,20 @@ def test_trainer_on_gpu(tmp_path):
     assert module.batch_devices == {"cuda:0"}
     assert module.autocast_dtypes == {torch.bfloat16}
     assert module.weight_devices == {"cuda:0"}  # (teardown moves the module back to the CPU, as on a GPU)
+
+
+def test_rng_states_saved_on_a_gpu_resume(tmp_path):
+    # Lightning's own state collection and restore, around a checkpoint file whose cuda state was
+    # written on a GPU: CUDA's 16 bytes (uint64 seed, int64 Philox offset).
+    from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+    states = _collect_rng_states()
+    assert [s.numel() for s in states["torch.cuda"]] == [16] * torch.cuda.device_count()
+    states["torch.cuda"] = [torch.tensor([4242, 1024], dtype=torch.int64).view(torch.uint8)]
+    torch.save({"rng_states": states}, tmp_path / "resume.ckpt")
+    draws = []
+    for _ in range(2):
+        _set_rng_states(torch.load(tmp_path / "resume.ckpt", weights_only=False)["rng_states"])
+        assert torch.cuda.initial_seed() == 4242 and torch.cuda._get_rng_state_offset() == 1024
+        draws.append(torch.nn.functional.dropout(torch.ones(32, device="cuda"), 0.5).cpu())
+    assert torch.equal(draws[0], draws[1])  # a resumed run draws the same numbers each time

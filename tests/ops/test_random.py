@@ -170,23 +170,96 @@ def test_per_device_states(run_snippet):
     assert out.splitlines() == ["2 True", "True", "True", "cuda:1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: the emulated cuda generator is a CPU (mt19937) generator with no Philox offset: "
-    "get_offset raises 'CPU Generator does not use offset'",
-)
-def test_rng_state_offset():
+def _philox_state(seed: int, offset: int) -> torch.Tensor:
+    """A CUDA generator state as a GPU saves it: uint64 seed, int64 Philox offset."""
+    return torch.tensor([seed, offset], dtype=torch.int64).view(torch.uint8)
+
+
+def test_rng_state_has_cudas_layout():
+    torch.cuda.manual_seed(1234)
+    state = torch.cuda.get_rng_state()
+    assert state.dtype == torch.uint8 and state.numel() == 16
+    assert torch.equal(state, _philox_state(1234, 0))
+    assert torch.equal(torch.Generator("cuda").get_state(), _philox_state(67280421310721, 0))
+
+
+def test_random_ops_advance_the_offset_as_cuda_counts():
     torch.cuda.manual_seed(0)
+    assert torch.cuda._get_rng_state_offset() == 0
+    torch.randn(10, device="cuda")  # ten numbers, in CUDA's multiples of 4
+    assert torch.cuda._get_rng_state_offset() == 12
+    F.dropout(torch.ones(8, device="cuda"), 0.5, training=True)  # draws through the CPU default generator
+    assert torch.cuda._get_rng_state_offset() > 12
     torch.cuda._set_rng_state_offset(16)
     assert torch.cuda._get_rng_state_offset() == 16
+    assert torch.equal(torch.cuda.get_rng_state(), _philox_state(0, 16))
+    with pytest.raises(RuntimeError, match="offset must be a multiple of 4"):
+        torch.cuda._set_rng_state_offset(6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="native core: CUDA's generator state is 16 bytes (Philox seed + offset); the emulated generator "
-    "takes the CPU generator's 5056-byte state, so RNG states saved on a real GPU cannot be restored",
-)
-def test_rng_state_has_cudas_layout():
-    state = torch.cuda.get_rng_state()
-    assert state.numel() == 16
-    torch.cuda.set_rng_state(state)
+def test_seeded_cuda_stream_is_the_cpus_stream_for_that_seed():
+    torch.cuda.manual_seed(5)
+    on_cuda = [torch.randn(3, device="cuda").cpu(), torch.rand(70, device="cuda").cpu(), torch.randperm(9, device="cuda").cpu()]
+    g = torch.Generator().manual_seed(5)
+    on_cpu = [torch.randn(3, generator=g), torch.rand(70, generator=g), torch.randperm(9, generator=g)]
+    assert all(torch.equal(a, b) for a, b in zip(on_cuda, on_cpu))
+
+
+def test_a_state_saved_on_a_gpu_restores_and_replays():
+    saved = _philox_state(2024, 4096)
+    torch.cuda.set_rng_state(saved)
+    assert torch.equal(torch.cuda.get_rng_state(), saved) and torch.cuda.initial_seed() == 2024
+    first = torch.randn(16, device="cuda")
+    torch.cuda.set_rng_state(saved)
+    assert torch.equal(first, torch.randn(16, device="cuda"))
+    torch.cuda.set_rng_state(_philox_state(2024, 4100))  # another offset, other numbers
+    assert not torch.equal(first, torch.randn(16, device="cuda"))
+    torch.cuda.set_rng_state(saved[:8].clone())  # CUDA also takes the seed alone (offset 0)
+    assert torch.cuda._get_rng_state_offset() == 0 and torch.cuda.initial_seed() == 2024
+
+
+def test_every_handed_out_state_replays_exactly():
+    # torch.utils.checkpoint keeps one state per region and restores them in reverse order, after
+    # many more draws; torch.cuda.set_rng_state restores from a clone of each.
+    torch.cuda.manual_seed(3)
+    states, draws = [], []
+    for n in (5, 1, 300, 7):
+        states.append(torch.cuda.get_rng_state())
+        draws.append(torch.empty(n, device="cuda").normal_())
+    for state, expected in reversed(list(zip(states, draws))):
+        torch.cuda.set_rng_state(state.clone())
+        assert torch.equal(torch.empty(expected.numel(), device="cuda").normal_(), expected)
+
+
+def test_checkpointed_dropout_recomputes_the_same_mask():
+    torch.cuda.manual_seed(0)
+    x = torch.randn(64, 32, device="cuda", requires_grad=True)
+    layer = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 32),
+                                torch.nn.Dropout(0.5)).cuda()
+    torch.cuda.manual_seed(1)
+    torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False).sum().backward()
+    checkpointed = x.grad.clone()
+    x.grad = None
+    torch.cuda.manual_seed(1)
+    layer(x).sum().backward()
+    assert torch.equal(checkpointed, x.grad)
+
+
+def test_rng_state_errors_are_cudas():
+    with pytest.raises(RuntimeError, match="RNG state is wrong size"):
+        torch.cuda.set_rng_state(torch.zeros(5, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="RNG state is wrong size"):
+        torch.cuda.set_rng_state(torch.random.get_rng_state())  # a CPU generator's state
+    with pytest.raises(TypeError, match="RNG state must be a torch.ByteTensor"):
+        torch.cuda.default_generators[0].set_state(torch.zeros(16))
+
+
+def test_graphsafe_states_are_shared():
+    owner = torch.Generator("cuda").manual_seed(8)
+    follower = torch.Generator("cuda")
+    follower.graphsafe_set_state(owner.graphsafe_get_state())
+    torch.randn(4, device="cuda", generator=follower)
+    assert owner.get_offset() == 4  # one state: draws through either advance both
+    clone = owner.clone_state()
+    torch.randn(4, device="cuda", generator=owner)
+    assert clone.get_offset() == 4 and owner.get_offset() == 8

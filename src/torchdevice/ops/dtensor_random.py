@@ -3,12 +3,13 @@
 On cuda meshes DTensor keeps the ranks' random streams in step through CUDA's Philox generator
 state, which is 16 bytes: a seed and an offset (``_PhiloxState``). Before a random op on a shard
 it moves the offset to where that shard's part of the stream begins, and afterwards every rank
-moves it past the whole tensor, so all ranks stay in sync and shards differ. The emulated cuda
-generator is the CPU's (its state is mt19937's 5056 bytes: the numbers equal the CPU's for the
-same seed), and reading an offset out of it failed with a bare AssertionError (FSDP2's
+moves it past the whole tensor, so all ranks stay in sync and shards differ. On the cpu runner
+the emulated cuda generator has that state itself (runtime/generator.h), and torch's own
+``_PhiloxState`` works on it. On a device runner (mps) the state is the runner generator's, whose
+layout is not CUDA's, and reading an offset out of it failed with a bare AssertionError (FSDP2's
 ``reset_parameters`` after ``to_empty``).
 
-Here DTensor sees the emulated state as a (seed, offset) pair too: the seed stands for the
+For such a state DTensor here sees a (seed, offset) pair too: the seed stands for the
 generator's current state (a hash of it), the offset starts at 0 (that state itself), and a
 state at another offset is a generator seeded from (seed, offset). It keeps what DTensor relies
 on: every rank with the same state and the same op draws the same numbers for the same shard,
