@@ -234,5 +234,3 @@ def apply_patches() -> None:
         REGISTRY.patch(torch._C, name, fn, owner=OWNER)
     nccl = importlib.import_module("torch.cuda.nccl")
     REGISTRY.patch(nccl, "is_available", _nccl_is_available, owner=OWNER)
-    # torch.cuda.comm is the public face of these bindings; a CUDA build's start-up imports it.
-    importlib.import_module("torch.cuda.comm")
