@@ -6,7 +6,6 @@
 #include "runtime/device.h"
 #include "runtime/pinned_memory.h"
 #include "runtime/generator.h"
-#include "runtime/guard.h"
 #include "runtime/kernel_clock.h"
 #include "runtime/runner.h"
 #include "runtime/timeline.h"
@@ -173,15 +172,6 @@ PYBIND11_MODULE(_C, m) {
     torchdevice::timeline::keep_busy(stream, std::chrono::nanoseconds(nanoseconds));
   }, py::arg("device_type"), py::arg("index"), py::arg("stream_id"), py::arg("nanoseconds"),
      "Queues `nanoseconds` of work on a stream (torch.cuda._sleep's spin kernel).");
-  m.def("set_capturing_stream", [](const std::string& type, int index, std::optional<int64_t> stream_id) {
-    const c10::DeviceType t = parse_type(type);
-    torchdevice::set_capturing_stream(
-        t, stream_id ? std::optional<c10::Stream>(c10::Stream(c10::Stream::UNSAFE,
-                                                              c10::Device(t, static_cast<c10::DeviceIndex>(index)),
-                                                              *stream_id))
-                     : std::nullopt);
-  }, py::arg("device_type"), py::arg("index"), py::arg("stream_id"),
-     "The stream a graph capture records (None: no capture), for Stream.is_capturing().");
   m.def("stream_ready_ns", [](const std::string& type, int index, int64_t stream_id) {
     const c10::Stream stream(c10::Stream::UNSAFE, c10::Device(parse_type(type), static_cast<c10::DeviceIndex>(index)),
                              stream_id);

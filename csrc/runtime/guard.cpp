@@ -9,7 +9,6 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <mutex>
 
 namespace torchdevice {
 namespace {
@@ -25,10 +24,6 @@ thread_local std::array<std::array<c10::StreamId, kMaxDevices>, 2> t_current_str
 int slot(c10::DeviceType type) {
   return type == c10::DeviceType::MPS ? 1 : 0;
 }
-
-// Per device type: the stream a graph capture records. Read by is_capturing(), which is rare.
-std::mutex g_capture_mutex;
-std::array<std::optional<c10::Stream>, 2> g_capturing_stream;
 
 struct EmulatedEvent {
   c10::DeviceIndex device;
@@ -138,10 +133,6 @@ class EmulatedGuardImpl final : public c10::impl::DeviceGuardImplInterface {
     timeline::host_wait(timeline::device_ready_at(c10::Device(type_, index)));
   }
   void recordDataPtrOnStream(const c10::DataPtr& /*data_ptr*/, const c10::Stream& /*stream*/) const override {}
-  bool isStreamCapturing(const c10::Stream& stream) const override {
-    std::lock_guard<std::mutex> lock(g_capture_mutex);
-    return g_capturing_stream[slot(type_)] == stream;
-  }
 
  private:
   c10::Device with_index(c10::Device d) const {
@@ -187,11 +178,6 @@ void register_guard(c10::DeviceType type) {
   static auto* cuda = new EmulatedGuardImpl(c10::DeviceType::CUDA);
   static auto* mps = new EmulatedGuardImpl(c10::DeviceType::MPS);
   c10::impl::DeviceGuardImplRegistrar(type, type == c10::DeviceType::MPS ? mps : cuda);
-}
-
-void set_capturing_stream(c10::DeviceType type, std::optional<c10::Stream> stream) {
-  std::lock_guard<std::mutex> lock(g_capture_mutex);
-  g_capturing_stream[slot(type)] = stream;
 }
 
 } // namespace torchdevice

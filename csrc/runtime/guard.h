@@ -7,8 +7,6 @@
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
-#include <optional>
-
 namespace torchdevice {
 
 void register_guard(c10::DeviceType type);
@@ -19,9 +17,5 @@ void register_mps_hint_guard();
 
 // Stream ids handed out by getNewStream/getStreamFromGlobalPool; 0 is the default stream.
 c10::StreamId new_stream_id();
-
-// The stream a CUDA graph capture records (ops/graphs.py says when one begins and ends), or none:
-// what Stream.is_capturing() answers through the guard.
-void set_capturing_stream(c10::DeviceType type, std::optional<c10::Stream> stream);
 
 } // namespace torchdevice

@@ -55,7 +55,6 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
-from torchdevice import _C
 from torchdevice.core.patch import REGISTRY
 
 OWNER = "ops.graphs"
@@ -163,7 +162,6 @@ class CUDAGraph:
         self._device = stream.device_index
         self._recorder = _Recorder(stream)
         self._recorder.__enter__()
-        _C.set_capturing_stream(_TYPE, stream.device_index, stream.stream_id)  # Stream.is_capturing()
         # Capture is live: what a hook launches on the device is captured. Global hooks first.
         _run_global_hooks("_global_capture_start_hooks", self)
         for hook in list(self._capture_start_hooks.values()):
@@ -190,7 +188,6 @@ class CUDAGraph:
             raise RuntimeError("Capture must end on the same stream it began on.")
         recorder.__exit__(None, None, None)
         self._recorder = None
-        _C.set_capturing_stream(_TYPE, -1, None)
         with _capture_lock:
             _capturing = None
         if recorder.invalidated:
